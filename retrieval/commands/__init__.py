@@ -1,0 +1,1 @@
+"""One module per `retrieval` subcommand; each exposes `main(argv) -> int`."""

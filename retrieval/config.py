@@ -1,0 +1,120 @@
+"""The one config loader: YAML run config + `--set key=value` overrides, checked against defaults.yaml."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retrieval.errors import UserError
+
+
+def defaults() -> dict[str, Any]:
+    """Every known key with its default value (a fresh copy)."""
+    text = resources.files("retrieval").joinpath("defaults.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _merge(base: dict, update: Mapping, schema: Mapping, where: str) -> None:
+    """Deep-merge `update` into `base`, refusing keys that `schema` does not know."""
+    for key, value in update.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
+            hint = f" (did you mean {(where + '.' if where else '') + close[0]!r}?)" if close else ""
+            raise UserError(f"unknown config key {path!r}{hint}")
+        known = schema[key]
+        if isinstance(known, dict) and known:  # checked sub-section
+            if not isinstance(value, Mapping):
+                raise UserError(f"config key {path!r} must be a mapping, got {value!r}")
+            _merge(base[key], value, known, path)
+        elif isinstance(known, dict):  # free-form (open_clip's own cfg dicts)
+            if value is not None and not isinstance(value, Mapping):
+                raise UserError(f"config key {path!r} must be a mapping, got {value!r}")
+            base[key] = copy.deepcopy(dict(value or {}))
+        else:
+            base[key] = value
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """`["training.lr=1e-3", "enn.ortho=exact"]` → nested dict; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects key=value (e.g. training.lr=1e-3), got {pair!r}")
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw) if raw else None
+    return nested
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Defaults ← the YAML file ← the overrides, then validated. `path=None` gives the defaults."""
+    cfg = defaults()
+    schema = defaults()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+        if not isinstance(loaded, Mapping):
+            raise UserError(f"{path}: a config must be a mapping of sections, got {type(loaded).__name__}")
+        _merge(cfg, loaded, schema, "")
+    _merge(cfg, parse_overrides(overrides), schema, "")
+    validate(cfg)
+    return cfg
+
+
+def from_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A config stored inside a checkpoint, re-checked (it may come from an older version)."""
+    cfg = defaults()
+    _merge(cfg, raw, defaults(), "")
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    ("enn", "ortho"): ("penalty", "exact", "none"),
+    ("data", "format"): ("karpathy", "csv"),
+    ("data", "captions"): ("random", "all"),
+    ("training", "method"): ("bp", "local"),
+    ("training", "precision"): ("auto", "fp32", "bf16"),
+    ("training", "local_head"): ("random", "learned"),
+}
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Cross-key checks that must fail before any work starts."""
+    for (section, key), allowed in _CHOICES.items():
+        if cfg[section][key] not in allowed:
+            raise UserError(f"config key {section}.{key} must be one of {', '.join(allowed)}; got {cfg[section][key]!r}")
+    model = cfg["model"]
+    for tower in ("vision_cfg", "text_cfg"):
+        tower_dim = model[tower].get("embed_dim", model["embed_dim"])
+        if tower_dim != model["embed_dim"]:
+            raise UserError(
+                f"model.{tower}.embed_dim={tower_dim} disagrees with model.embed_dim={model['embed_dim']}: "
+                "both towers must map into the same embedding space"
+            )
+    train = cfg["training"]
+    for key in ("epochs", "batch_size", "accum_steps", "stages"):
+        if not isinstance(train[key], int) or train[key] < 1:
+            raise UserError(f"config key training.{key} must be a positive integer, got {train[key]!r}")
+    if train["batch_size"] % train["accum_steps"]:
+        raise UserError("training.batch_size must be divisible by training.accum_steps")
+
+
+def save_config(cfg: Mapping[str, Any], path: str | Path) -> None:
+    """Write the fully resolved config (what actually ran) next to the run's outputs."""
+    Path(path).write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
