@@ -13,6 +13,7 @@ logger = logging.getLogger(__name__)
 IMAGE_PROBLEMS = ("missing", "unreadable", "unknown split", "malformed", "no captions")
 # Problems that drop one caption but keep its image.
 CAPTION_PROBLEMS = ("empty captions",)
+MAX_EXAMPLES = 20
 
 
 class Problems:
@@ -22,6 +23,7 @@ class Problems:
         self.skip = skip
         self.counts: Counter[str] = Counter()
         self.seen = 0  # image entries examined, for "skipped X of Y images"
+        self.examples: list[str] = []  # the first few messages, for `retrieval data check`
 
     def report(self, kind: str, message: str) -> None:
         """One bad item: `kind` is one of IMAGE_PROBLEMS/CAPTION_PROBLEMS, `message` names file and entry."""
@@ -30,6 +32,8 @@ class Problems:
         if not self.skip:
             raise UserError(f"{message} (set data.skip_bad / --skip-bad to skip such entries)")
         self.counts[kind] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(message)
         logger.debug("skipped: %s", message)
 
     @property

@@ -1,0 +1,125 @@
+"""Recall@K and ranks for image↔text retrieval (the Flickr30k/COCO protocol), exact and memory-bounded.
+
+Protocol (as VSE++ and CLIP_benchmark): each caption is a text→image query with exactly one correct
+image; each image is an image→text query whose correct answers are all of its captions, and it is a hit
+at K when *any* of them is in the top K. Rank = 1-based position of the best-placed correct item.
+
+Ties never help: rank = 1 + the number of *wrong* items scoring at least (correct score − TIE_TOLERANCE).
+The tolerance absorbs float32 rounding (matmul blocks vs. a direct dot product differ by ~1e-7), so equal
+embeddings count as ties, and a constant embedding scores at the bottom rather than at 100 %.
+
+Memory: the N×M score matrix is never held whole; it is built in row blocks of about BLOCK_ELEMENTS
+scores (64 MB) on CPU with torch's BLAS, and each block is reduced to counts at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+TIE_TOLERANCE = 1e-5
+BLOCK_ELEMENTS = 1 << 24  # scores per block: 16M float32 = 64 MB (plus a same-shape bool temporary)
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def retrieval_metrics(
+    image_emb: ArrayLike,
+    text_emb: ArrayLike,
+    text_to_image: ArrayLike | Sequence[int],
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
+    """Recall@K (percent) both ways, their sum, and median/mean rank, from L2-normalised embeddings.
+
+    Keys: `i2t_r{k}`, `t2i_r{k}` for each k in `ks`, `rsum` (sum of those recalls), `i2t_medr`,
+    `i2t_meanr`, `t2i_medr`, `t2i_meanr`. Inputs: image_emb (N, d), text_emb (M, d), text_to_image (M,).
+    """
+    i2t, t2i = retrieval_ranks(image_emb, text_emb, text_to_image)
+    return summarize_ranks(i2t, t2i, ks)
+
+
+def summarize_ranks(i2t_ranks: np.ndarray, t2i_ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@K / RSUM / medr / meanr from 1-based ranks (shared with ANN-index evaluation)."""
+    out: dict[str, float] = {}
+    for direction, ranks in (("i2t", np.asarray(i2t_ranks)), ("t2i", np.asarray(t2i_ranks))):
+        for k in ks:
+            out[f"{direction}_r{k}"] = float(100.0 * np.mean(ranks <= k))
+    out["rsum"] = float(sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks))
+    for direction, ranks in (("i2t", np.asarray(i2t_ranks)), ("t2i", np.asarray(t2i_ranks))):
+        # floor of the median, as the published tables (integers) and VSE++'s evaluation code report it
+        out[f"{direction}_medr"] = float(np.floor(np.median(ranks)))
+        out[f"{direction}_meanr"] = float(np.mean(ranks))
+    return out
+
+
+@torch.no_grad()
+def retrieval_ranks(
+    image_emb: ArrayLike, text_emb: ArrayLike, text_to_image: ArrayLike | Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """1-based ranks: (N,) of each image's best caption among all captions, (M,) of each caption's image."""
+    images, texts = _as_matrix(image_emb, "image_emb"), _as_matrix(text_emb, "text_emb")
+    owner = torch.as_tensor(np.asarray(text_to_image), dtype=torch.long)
+    n, m = images.shape[0], texts.shape[0]
+    _check(images, texts, owner)
+    owner = owner.to(images.device)
+
+    # Score of each caption with its own image, in float64 (the reference for ties), a block at a time.
+    correct = torch.empty(m, dtype=torch.float64, device=images.device)  # (M,)
+    for lo in range(0, m, 8192):
+        part = slice(lo, lo + 8192)
+        correct[part] = (texts[part].double() * images[owner[part]].double()).sum(1)
+    best = torch.full((n,), -torch.inf, dtype=torch.float64, device=images.device)
+    best.scatter_reduce_(0, owner, correct, reduce="amax")  # (N,) best correct score per image
+    t2i_threshold = (correct - TIE_TOLERANCE).float()  # (M,)
+    i2t_threshold = (best - TIE_TOLERANCE).float()  # (N,)
+
+    # Each image's captions as a padded (N, C) index table, to read its correct scores out of a block.
+    order = torch.argsort(owner, stable=True)
+    counts = torch.bincount(owner, minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    width = int(counts.max())
+    slot = torch.arange(width, device=images.device)
+    valid = slot[None, :] < counts[:, None]  # (N, C)
+    own_caps = order[(starts[:, None] + slot[None, :]).clamp(max=m - 1)]  # (N, C)
+
+    i2t_wrong = torch.zeros(n, dtype=torch.long, device=images.device)
+    t2i_wrong = torch.zeros(m, dtype=torch.long, device=images.device)
+    rows = max(1, BLOCK_ELEMENTS // max(m, 1))
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        scores = images[lo:hi] @ texts.T  # (B, M)
+        # image→text: captions at or above the image's best correct score, minus its own captions.
+        ahead = (scores >= i2t_threshold[lo:hi, None]).sum(1)
+        own = scores.gather(1, own_caps[lo:hi]) >= i2t_threshold[lo:hi, None]
+        i2t_wrong[lo:hi] = ahead - (own & valid[lo:hi]).sum(1)
+        # text→image: images of this block at or above each caption's correct score ...
+        t2i_wrong += (scores >= t2i_threshold[None, :]).sum(0)
+        # ... not counting the caption's own image when it lies in this block.
+        mine = order[starts[lo] : starts[hi - 1] + counts[hi - 1]]  # captions of images lo..hi-1
+        t2i_wrong[mine] -= (scores[owner[mine] - lo, mine] >= t2i_threshold[mine]).long()
+    return (i2t_wrong + 1).cpu().numpy(), (t2i_wrong + 1).cpu().numpy()
+
+
+def _as_matrix(x: ArrayLike, name: str) -> torch.Tensor:
+    """A float32 (rows, d) tensor; numpy input is shared, not copied, when already float32."""
+    tensor = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    if tensor.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, dim), got shape {tuple(tensor.shape)}")
+    return tensor.float()
+
+
+def _check(images: torch.Tensor, texts: torch.Tensor, owner: torch.Tensor) -> None:
+    """Shapes agree and every image has at least one caption (else its image→text rank is undefined)."""
+    n, m = images.shape[0], texts.shape[0]
+    if images.shape[1] != texts.shape[1]:
+        raise ValueError(f"embedding dims differ: images {images.shape[1]}, texts {texts.shape[1]}")
+    if n == 0 or m == 0:
+        raise ValueError("need at least one image and one caption")
+    if owner.shape != (m,):
+        raise ValueError(f"text_to_image must have one entry per caption ({m}), got shape {tuple(owner.shape)}")
+    if int(owner.min()) < 0 or int(owner.max()) >= n:
+        raise ValueError(f"text_to_image values must lie in [0, {n})")
+    if bool((torch.bincount(owner, minlength=n) == 0).any()):
+        raise ValueError("every image needs at least one caption in text_to_image")
