@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -14,10 +15,25 @@ import yaml
 from retrieval.errors import UserError
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`; users type `1e-3`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader
+
+
 def defaults() -> dict[str, Any]:
     """Every known key with its default value (a fresh copy)."""
     text = resources.files("retrieval").joinpath("defaults.yaml").read_text()
-    return yaml.safe_load(text)
+    return _yaml(text)
 
 
 def _merge(base: dict, update: Mapping, schema: Mapping, where: str) -> None:
@@ -52,7 +68,7 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw else None
+        node[leaf] = _yaml(raw) if raw else None
     return nested
 
 
@@ -65,7 +81,7 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = _yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise UserError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
         if not isinstance(loaded, Mapping):
