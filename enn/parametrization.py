@@ -1,0 +1,124 @@
+"""The ENN weight parametrization W = Q · diag(Λ) · Pᵀ, for use with ``torch.nn.utils.parametrize``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+ORTHO_MODES = ("penalty", "exact", "none")
+
+
+def check_ortho(ortho: str) -> str:
+    """Validate an ``ortho`` mode name so every entry point rejects typos the same way."""
+    if ortho not in ORTHO_MODES:
+        raise ValueError(f"unknown ortho mode {ortho!r}; valid modes are {', '.join(map(repr, ORTHO_MODES))}")
+    return ortho
+
+
+def orthonormalize(a: Tensor) -> Tensor:
+    """Orthonormal factor of a tall matrix (or batch) by QR, signs fixed so an orthonormal input is returned as is.
+
+    Householder QR keeps the result orthonormal to float precision however ill-conditioned ``a`` gets, and the
+    map is smooth for full-rank ``a``, so gradients flow to the unconstrained pre-image.
+    """
+    q, r = torch.linalg.qr(a)
+    sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return q * sign.unsqueeze(-2)
+
+
+class EnnWeight(nn.Module):
+    """Parametrization that stores a weight as ``blocks`` independent products Q · diag(Λ) · Pᵀ.
+
+    The weight (any shape whose first dimension is the output size) is viewed as ``blocks`` row blocks of
+    shape (m, n) = (out/blocks, numel/out): one block for a Linear, ``groups`` blocks for a grouped conv,
+    three (q, k, v) for an attention ``in_proj_weight``. Each block has Q (m×r), Λ (r), P (n×r) with
+    r = min(m, n); with one block the leading block dimension is dropped, so Q is simply (out×r).
+
+    Parameter names (this module sits at ``<layer>.parametrizations.<tensor>.0``):
+    ``lam`` is Λ; ``Q``/``P`` are the bases for ortho "penalty"/"none"; for "exact" the stored parameters are
+    ``Q_raw``/``P_raw``, unconstrained matrices whose QR factor is the (exactly orthonormal) basis.
+    The distinct names make a strict ``load_state_dict`` across modes fail loudly instead of silently.
+
+    ``right_inverse`` re-factorises a plain weight by SVD (float64), so registering this parametrization,
+    or assigning ``layer.weight = w`` afterwards, sets the factors such that the layer computes ``w``.
+    """
+
+    def __init__(
+        self,
+        weight: Tensor,
+        blocks: int = 1,
+        ortho: str = "penalty",
+        param_order: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.ortho = check_ortho(ortho)
+        out = weight.shape[0]
+        if blocks < 1 or out % blocks:
+            raise ValueError(f"cannot split a weight of shape {tuple(weight.shape)} into {blocks} row blocks")
+        self.shape = tuple(weight.shape)
+        self.blocks = blocks
+        # Names of the host module's parameters before conversion, so merge can restore state_dict order.
+        self.param_order = param_order
+        m, n = out // blocks, weight.numel() // out
+        r = min(m, n)
+        lead = (blocks,) if blocks > 1 else ()
+        kw = {"device": weight.device, "dtype": weight.dtype}
+        # Filled by right_inverse (called by register_parametrization); empty until then.
+        grad = weight.requires_grad
+        suffix = "_raw" if ortho == "exact" else ""
+        # Registered in the order Q, Λ, P so state_dict reads like the formula.
+        self.register_parameter("Q" + suffix, nn.Parameter(torch.empty(*lead, m, r, **kw), grad))
+        self.lam = nn.Parameter(torch.empty(*lead, r, **kw), grad)
+        self.register_parameter("P" + suffix, nn.Parameter(torch.empty(*lead, n, r, **kw), grad))
+
+    def _stored_bases(self) -> tuple[Tensor, Tensor]:
+        if self.ortho == "exact":
+            return self.Q_raw, self.P_raw
+        return self.Q, self.P
+
+    def bases(self) -> tuple[Tensor, Tensor]:
+        """The bases (Q, P) used in the product; orthonormalised on the fly in "exact" mode."""
+        q, p = self._stored_bases()
+        if self.ortho == "exact":
+            return orthonormalize(q), orthonormalize(p)
+        return q, p
+
+    def forward(self) -> Tensor:
+        """Materialise the weight: Q·diag(Λ)·Pᵀ per block, reshaped to the host's weight shape."""
+        q, p = self.bases()
+        # (…, m, r) * (…, 1, r) @ (…, r, n) -> (…, m, n): one out·in·r matmul.
+        return ((q * self.lam.unsqueeze(-2)) @ p.mT).reshape(self.shape)
+
+    @torch.no_grad()
+    def right_inverse(self, weight: Tensor) -> tuple[()]:
+        """Set Q, Λ, P from the SVD of ``weight`` (done in float64 so the round trip is exact to float32)."""
+        if tuple(weight.shape) != self.shape:
+            raise ValueError(f"expected a weight of shape {self.shape}, got {tuple(weight.shape)}")
+        w = weight.detach().reshape(self.blocks, self.shape[0] // self.blocks, -1).to(torch.float64)
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        if self.blocks == 1:
+            u, s, vh = u[0], s[0], vh[0]
+        q, p = self._stored_bases()
+        q.copy_(u)
+        self.lam.copy_(s)
+        p.copy_(vh.mT)
+        # The factors are this module's own parameters, so parametrize keeps no "original" tensor.
+        return ()
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, blocks={self.blocks}, ortho={self.ortho!r}"
+
+
+def enn_weights(module: nn.Module) -> Iterator[tuple[str, EnnWeight]]:
+    """Yield ``(qualified tensor name, EnnWeight)`` for every ENN-parameterised tensor under ``module``."""
+    for name, mod in module.named_modules():
+        if not parametrize.is_parametrized(mod):
+            continue
+        for tensor_name, plist in mod.parametrizations.items():
+            for p in plist:
+                if isinstance(p, EnnWeight):
+                    yield (f"{name}.{tensor_name}" if name else tensor_name), p

@@ -1,0 +1,101 @@
+"""orthogonality_loss / orthogonality_error and the "exact" mode's guarantee."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import enn
+from enn.orthogonality import _GramPenalty
+
+
+def _model(ortho: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(24, 40), nn.GELU(), nn.Linear(40, 24), nn.Conv2d(3, 5, 3, groups=1))
+    return enn.convert(model, ortho=ortho)
+
+
+def test_penalty_is_zero_at_init_and_positive_after_perturbation() -> None:
+    model = _model("penalty")
+    assert enn.orthogonality_loss(model).item() < 1e-9
+    assert enn.orthogonality_error(model) < 1e-5
+    with torch.no_grad():
+        next(w for _, w in enn.enn_weights(model)).Q.add_(0.05)
+    assert enn.orthogonality_loss(model).item() > 1e-3
+    assert enn.orthogonality_error(model) > 1e-2
+
+
+def test_penalty_matches_its_definition_and_autograd() -> None:
+    model = _model("penalty")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    loss = enn.orthogonality_loss(model)
+    loss.backward()
+
+    expected = 0.0
+    for _, w in enn.enn_weights(model):
+        for basis in (w.Q, w.P):
+            eye = torch.eye(basis.shape[-1])
+            expected = expected + torch.linalg.matrix_norm(basis.detach().mT @ basis.detach() - eye) ** 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    w = next(w for _, w in enn.enn_weights(model))
+    q = w.Q.detach().clone().requires_grad_(True)
+    ((q.mT @ q - torch.eye(q.shape[-1])) ** 2).sum().backward()
+    torch.testing.assert_close(w.Q.grad, q.grad)
+
+
+def test_hand_written_penalty_gradient_passes_gradcheck() -> None:
+    a = torch.randn(3, 7, 4, dtype=torch.float64, requires_grad=True)  # a batch of blocks
+    assert torch.autograd.gradcheck(_GramPenalty.apply, (a,))
+
+
+@pytest.mark.parametrize("ortho", ["exact", "none"])
+def test_loss_is_exactly_zero_outside_penalty_mode(ortho: str) -> None:
+    model = _model(ortho)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    assert enn.orthogonality_loss(model).item() == 0.0
+
+
+def test_error_is_zero_for_a_model_without_enn_weights() -> None:
+    plain = nn.Linear(3, 3)
+    assert enn.orthogonality_error(plain) == 0.0
+    assert enn.orthogonality_loss(plain).item() == 0.0
+
+
+def test_exact_mode_stays_orthonormal_under_aggressive_adamw() -> None:
+    torch.manual_seed(0)
+    model = _model("exact")
+    model.append(nn.Flatten())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    x = torch.randn(16, 24)
+    target = torch.randn(16, 24)
+    start = {n: w().detach().clone() for n, w in enn.enn_weights(model)}
+    for _ in range(100):
+        opt.zero_grad()
+        loss = (model[:3](x) - target).square().mean()
+        loss.backward()
+        opt.step()
+    moved = max((w().detach() - start[n]).abs().max().item() for n, w in enn.enn_weights(model))
+    assert moved > 0.1  # the weights really trained
+    assert enn.orthogonality_error(model) <= 1e-5
+
+
+def test_penalty_mode_drifts_without_penalty_and_penalty_pulls_back() -> None:
+    """The penalty does its job: training with it ends more orthonormal than training without it."""
+    errors = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = _model("penalty")
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        x, target = torch.randn(16, 24), torch.randn(16, 24)
+        for _ in range(50):
+            opt.zero_grad()
+            loss = (model[:3](x) - target).square().mean() + weight * enn.orthogonality_loss(model)
+            loss.backward()
+            opt.step()
+        errors[weight] = enn.orthogonality_error(model)
+    assert errors[1.0] < 0.5 * errors[0.0]
