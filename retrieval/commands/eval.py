@@ -1,0 +1,130 @@
+"""`retrieval eval`: Recall@1/5/10 both ways, RSUM and median rank on a split, as the papers' tables.
+
+Embeddings are computed once; every row of the table (the model, its 5-fold COCO-1K variant, the random
+baseline, recall through an ANN index) is a metric function applied to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.data.arguments import add_data_arguments, data_section
+from retrieval.errors import UserError
+
+RANDOM_DIM = 128  # dimension of the random baseline when no checkpoint fixes it (chance barely depends on it)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `retrieval eval` parser."""
+    parser = argparse.ArgumentParser(
+        prog="retrieval eval",
+        description="Image→text and text→image Recall@K on a Karpathy/CSV split (Flickr30k/COCO protocol: "
+        "an image query hits when any of its captions is in the top K).",
+    )
+    parser.add_argument("--checkpoint", help="checkpoint file, or a run folder (its checkpoints/best.pt)")
+    add_data_arguments(parser, required=False)
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--random-baseline", action="store_true", help="add a row for random unit embeddings")
+    parser.add_argument("--coco-1k", action="store_true",
+                        help="add the mean over 5 folds of consecutive images (COCO-1K: 5 × 1,000 test images)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `retrieval eval`."""
+    args = build_parser().parse_args(argv)
+    if args.checkpoint is None and not args.random_baseline:
+        raise UserError("give --checkpoint (and/or --random-baseline)")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+
+    from retrieval.evaluate import encode_eval_set, evaluate_embeddings, load_eval_set, random_embeddings
+
+    loaded = None
+    if args.checkpoint is not None:
+        from retrieval.checkpoint import load_model
+
+        loaded = load_model(args.checkpoint, device=args.device)
+    if args.data is None and loaded is None:
+        raise UserError("give --data (only a --checkpoint can supply the dataset of its training config)")
+    cfg_data = data_section(args, base=loaded.config["data"] if loaded is not None else None)
+    eval_set = load_eval_set(cfg_data, args.split)
+
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    seconds: dict[str, float] = {}
+    if loaded is not None:
+        start = time.perf_counter()
+        embeddings["model"] = encode_eval_set(
+            loaded, eval_set, args.batch_size, workers=int(cfg_data["workers"]), progress=True
+        )
+        seconds["encode"] = time.perf_counter() - start
+    if args.random_baseline:
+        dim = loaded.embed_dim if loaded is not None else RANDOM_DIM
+        embeddings["random"] = (
+            random_embeddings(eval_set.n_images, dim, args.seed),
+            random_embeddings(eval_set.n_captions, dim, args.seed + 1),
+        )
+
+    results: dict[str, dict[str, float]] = {}
+    start = time.perf_counter()
+    for name, (images, texts) in embeddings.items():
+        results[name] = evaluate_embeddings(images, texts, eval_set)
+        if args.coco_1k:
+            results[f"{name} (5 folds)"] = evaluate_embeddings(images, texts, eval_set, folds=5)
+    seconds["metrics"] = time.perf_counter() - start
+
+    print(f"split {args.split!r} of {cfg_data['path']}: {eval_set.n_images} images, {eval_set.n_captions} captions")
+    print(format_table(results))
+    if args.json:
+        report = {
+            "data": str(cfg_data["path"]),
+            "split": args.split,
+            "images": eval_set.n_images,
+            "captions": eval_set.n_captions,
+            "checkpoint": args.checkpoint,
+            "fingerprint": loaded.fingerprint if loaded is not None else None,
+            "results": results,
+            "seconds": seconds,
+        }
+        write_json(report, args.json)
+    return 0
+
+
+_COLUMNS = (("i2t_r1", "R@1"), ("i2t_r5", "R@5"), ("i2t_r10", "R@10"), ("i2t_medr", "medr"),
+            ("t2i_r1", "R@1"), ("t2i_r5", "R@5"), ("t2i_r10", "R@10"), ("t2i_medr", "medr"), ("rsum", "RSUM"))
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """Rows = named metric dicts, columns as in the Flickr30k/COCO papers (R@K in %, medr, RSUM)."""
+    width = max([len(name) for name in results] + [5])
+
+    def cell(key: str, value: float) -> str:
+        integral = key.endswith("medr") and float(value).is_integer()
+        return f"{value:>6.0f}" if integral else f"{value:>6.1f}"
+
+    def row(name: str, cells: list[str]) -> str:
+        return f"{name:<{width}}  {' '.join(cells[:4])}   {' '.join(cells[4:8])}   {cells[8]}"
+
+    lines = [
+        f"{'':<{width}}  {'image → text':^27}   {'text → image':^27}",
+        row("", [f"{label:>6}" for _, label in _COLUMNS]),
+    ]
+    lines += [row(name, [cell(key, metrics[key]) for key, _ in _COLUMNS]) for name, metrics in results.items()]
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> None:
+    """Write the results JSON (creating the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
