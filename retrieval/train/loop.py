@@ -1,0 +1,116 @@
+"""The backprop trainer (`training.method: bp`): contrastive training of both towers end to end.
+
+Read top to bottom: set up (session.prepare_run), data, optimizer + schedule, optional resume, DDP wrap,
+then epochs of optimizer steps; validation and checkpoints at each epoch end (and when stopping early).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import enn
+from retrieval.train.data import build_train_data
+from retrieval.train.distributed import DistEnv, init_distributed, shutdown
+from retrieval.train.optim import build_optimizer, build_scheduler
+from retrieval.train.session import end_of_block, log_train, prepare_run, save_last, wall_time
+from retrieval.train.state import Progress, Trainables, load_training_state
+from retrieval.train.step import build_loss, train_step
+
+log = logging.getLogger(__name__)
+
+
+def train_bp(cfg: dict[str, Any], out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train with backprop into RUN_DIR `out_dir` (resuming from its last.pt with `resume`); returns a summary.
+
+    Summary keys: step, epoch, best_step, best_rsum, val (last validation metrics), orthogonality_error,
+    wall_s, run_dir. Under torchrun every rank calls this; rank 0 writes the run directory.
+    """
+    env = init_distributed(str(cfg["training"]["device"]))
+    try:
+        return _train(cfg, out_dir, resume, env)
+    finally:
+        shutdown(env)
+
+
+def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv) -> dict[str, Any]:
+    setup = prepare_run(cfg, out_dir, resume, env)
+    train_cfg = cfg["training"]
+    model = setup.towers.model
+    data = build_train_data(cfg, setup.towers, env, setup.train_records)
+    total_steps = int(train_cfg["epochs"]) * data.steps_per_epoch
+    optimizer = build_optimizer(model, train_cfg)
+    scheduler = build_scheduler(optimizer, train_cfg, total_steps)
+    trainables = Trainables([optimizer], [scheduler])
+    progress = Progress()
+    if resume:
+        progress = load_training_state(setup.run.last, setup.towers, cfg, trainables)
+        if env.is_main:
+            setup.run.truncate_metrics(progress.step)  # steps after last.pt are redone and logged again
+    forward = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None) \
+        if env.distributed else model
+    loss_fn = build_loss(env)
+    max_steps = train_cfg["max_steps"]
+    stop_at = min(total_steps, int(max_steps)) if max_steps else total_steps
+    log_every = max(1, int(train_cfg["log_every_steps"]))
+    save_every = int(train_cfg["save_every_steps"] or 0)
+    batch_size = int(train_cfg["batch_size"])
+
+    bar = tqdm(total=stop_at, initial=progress.step, desc="train", unit="step", disable=not env.is_main)
+    window = {"loss": 0.0, "contrastive_loss": 0.0, "ortho_penalty": 0.0, "steps": 0}
+    window_start = time.perf_counter()
+    val: dict[str, Any] = {}
+    while progress.step < stop_at:
+        for micro_batches in data.batches(progress.epoch, progress.batch_in_epoch):
+            result = train_step(forward, model, micro_batches, loss_fn, optimizer, scheduler, cfg, env)
+            if not math.isfinite(result.loss):
+                raise FloatingPointError(f"training loss is {result.loss} at step {progress.step + 1}")
+            progress.step += 1
+            progress.batch_in_epoch += 1
+            progress.samples += batch_size
+            window["loss"] += result.loss
+            window["contrastive_loss"] += result.contrastive
+            window["ortho_penalty"] += result.penalty
+            window["steps"] += 1
+            bar.update()
+            if progress.step % log_every == 0 or progress.step == stop_at:
+                elapsed = time.perf_counter() - window_start
+                n = window.pop("steps")
+                rate = n * batch_size / elapsed
+                record = log_train(setup, progress, {
+                    **{key: value / n for key, value in window.items()},
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "temperature": math.exp(-float(model.logit_scale)),
+                    "grad_norm": result.grad_norm,
+                    "samples_per_s": round(rate, 1),
+                })
+                bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{rate:.0f}")
+                window = {"loss": 0.0, "contrastive_loss": 0.0, "ortho_penalty": 0.0, "steps": 0}
+                window_start = time.perf_counter()
+            if save_every and progress.step % save_every == 0:
+                save_last(setup, cfg, trainables, progress)
+            if progress.step >= stop_at:
+                break
+        if progress.batch_in_epoch >= data.steps_per_epoch:  # the epoch ran to its end
+            progress.epoch += 1
+            progress.batch_in_epoch = 0
+        val = end_of_block(setup, cfg, trainables, progress) or val
+        window_start = time.perf_counter()  # validation time is not training throughput
+    bar.close()
+    return {
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "best_step": progress.best_step,
+        "best_rsum": progress.best_rsum,
+        "val": val,
+        "orthogonality_error": enn.orthogonality_error(model),
+        "wall_s": wall_time(setup, progress),
+        "run_dir": str(setup.run.root),
+    }
+

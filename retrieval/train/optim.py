@@ -1,0 +1,70 @@
+"""AdamW with the usual CLIP parameter groups, and a cosine schedule with linear warm-up (checkpointable)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+import enn
+
+log = logging.getLogger(__name__)
+
+
+def decays(name: str, param: nn.Parameter) -> bool:
+    """Whether weight decay applies: not to Λ, biases, norms, gains/scalars (ndim < 2) or the temperature.
+
+    Λ (an ENN layer's singular values) is excluded by role: decaying it shrinks the layer directly. Every
+    other 1-D or 0-D tensor (biases, LayerNorm gains, class embedding, logit_scale) is excluded as in
+    open_clip's training script. Q/P bases and ordinary matrices (token/positional embeddings,
+    projections) are decayed.
+    """
+    return param.ndim >= 2 and enn.parameter_role(name) != "eigen" and "logit_scale" not in name
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups over the trainable parameters: decayed and not decayed (see `decays`)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if decays(name, param) else no_decay).append(param)
+    log.info("optimizer: %d tensors with weight decay, %d without", len(decay), len(no_decay))
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, train_cfg: Mapping[str, Any]) -> torch.optim.AdamW:
+    """AdamW from the `training` section (lr, betas, eps, weight_decay) over `param_groups(model)`."""
+    return torch.optim.AdamW(
+        param_groups(model, float(train_cfg["weight_decay"])),
+        lr=float(train_cfg["lr"]),
+        betas=tuple(float(b) for b in train_cfg["betas"]),
+        eps=float(train_cfg["eps"]),
+    )
+
+
+def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier at `step`: linear 0→1 over `warmup_steps` (counting from 1), then cosine 1→0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: Mapping[str, Any], total_steps: int) -> LambdaLR:
+    """Cosine decay with linear warm-up as a `LambdaLR`, so its position is saved in `state_dict()`.
+
+    `total_steps` is the length of the whole schedule (epochs × steps per epoch); step it once per
+    optimizer step. `training.max_steps` only stops a run early and does not change the schedule, so a run
+    cut short and resumed follows the same learning rates as an uninterrupted one.
+    """
+    warmup = int(train_cfg["warmup_steps"])
+    return LambdaLR(optimizer, lambda step: cosine_with_warmup(step, warmup, total_steps))

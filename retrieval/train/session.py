@@ -1,0 +1,164 @@
+"""The parts of a training run every method shares (bp and ENN-ℓ): set-up, validation, saving, logging.
+
+A trainer calls `prepare_run` once, then per log step `log_train`, per `save_every_steps` `save_last`, and
+per epoch (and when it stops) `end_of_block`, which validates, keeps best.pt, writes last.pt and redraws
+curves.png. Only rank 0 writes; every rank may call these (the others return at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import enn
+from retrieval.checkpoint import LoadedModel
+from retrieval.config import save_config
+from retrieval.data import EvalSet, ImageRecord
+from retrieval.errors import UserError
+from retrieval.evaluate import evaluate, load_eval_set
+from retrieval.model import Towers, build_towers
+from retrieval.train.data import load_train_records
+from retrieval.train.distributed import DistEnv
+from retrieval.train.run_dir import RunDir
+from retrieval.train.state import Progress, Trainables, save_training_state
+from retrieval.train.step import set_temperature
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSetup:
+    """What `prepare_run` hands a trainer: the run folder, process placement, towers (on device) and data."""
+
+    run: RunDir
+    env: DistEnv
+    towers: Towers
+    train_records: list[ImageRecord]
+    val_set: EvalSet | None
+    started: float  # time.perf_counter() at set-up, for wall-time accounting
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (model initialisation; data order has its own seeded generators)."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def prepare_run(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv) -> RunSetup:
+    """Check inputs (resume point, data files, splits) before any work, seed, build towers, write config.yaml.
+
+    Fresh runs start the temperature at `training.init_temperature` (unless `model.pretrained` brings
+    its own). Raises UserError for: --resume without RUN_DIR/checkpoints/last.pt, a missing data file or
+    image folder, an empty split.
+    """
+    run = RunDir(out_dir)
+    if resume and not run.last.is_file():
+        raise UserError(f"--resume: no checkpoint to resume from: {run.last} does not exist")
+    if not resume and run.last.is_file():
+        raise UserError(f"{run.root} already holds a run (checkpoints/last.pt); pass --resume or another --out")
+    train_records = load_train_records(cfg)
+    val_split = cfg["data"]["val_split"]
+    val_set = load_eval_set(cfg["data"], str(val_split)) if val_split else None
+    seed_everything(int(cfg["training"]["seed"]))
+    towers = build_towers(cfg)
+    if not cfg["model"]["pretrained"]:
+        set_temperature(towers.model, float(cfg["training"]["init_temperature"]))
+    towers.model.to(env.device)
+    if env.is_main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
+    return RunSetup(run, env, towers, train_records, val_set, time.perf_counter())
+
+
+def validate(towers: Towers, cfg: Mapping[str, Any], eval_set: EvalSet, device: torch.device) -> dict[str, float]:
+    """Recall@K/RSUM of the current model on `eval_set` (retrieval.evaluate), leaving training state untouched.
+
+    The model is put in eval mode and back; torch's RNG is forked so validation does not shift training
+    randomness.
+    """
+    model = towers.model
+    was_training = model.training
+    loaded = LoadedModel(
+        model=model.eval(),
+        preprocess=towers.preprocess_val,
+        tokenizer=towers.tokenizer,
+        config=dict(cfg),
+        towers=towers,
+        fingerprint="",
+        device=device,
+        precision=str(cfg["training"]["precision"]),
+    )
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return evaluate(loaded, eval_set, batch_size=int(cfg["training"]["eval_batch_size"]),
+                            workers=int(cfg["data"]["workers"]))
+    finally:
+        model.train(was_training)
+
+
+def wall_time(setup: RunSetup, progress: Progress) -> float:
+    """Training wall time so far, over all sessions of the run (what a resumed run reports)."""
+    return progress.wall_s + time.perf_counter() - setup.started
+
+
+def save_last(setup: RunSetup, cfg: dict[str, Any], trainables: Trainables, progress: Progress,
+              metrics: dict[str, Any] | None = None) -> None:
+    """Write checkpoints/last.pt (rank 0): the resume point, with wall time accounted up to now."""
+    if not setup.env.is_main:
+        return
+    snapshot = Progress(**{**progress.state_dict(), "wall_s": wall_time(setup, progress)})
+    save_training_state(setup.run.last, setup.towers, cfg, trainables, snapshot, metrics)
+
+
+def log_train(setup: RunSetup, progress: Progress, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Append a `"kind": "train"` record (rank 0) with step, epoch, wall time, orthogonality error + `values`."""
+    record = {
+        "kind": "train",
+        "step": progress.step,
+        "epoch": progress.epoch,
+        **values,
+        "orthogonality_error": enn.orthogonality_error(setup.towers.model),
+        "wall_s": round(wall_time(setup, progress), 3),
+    }
+    if setup.env.is_main:
+        setup.run.log_metrics(record)
+    return record
+
+
+def end_of_block(setup: RunSetup, cfg: dict[str, Any], trainables: Trainables, progress: Progress) -> dict[str, Any]:
+    """Validate (rank 0), update best.pt on a better RSUM, write last.pt, log a `"kind": "val"` record, redraw curves.
+
+    Without a validation split (`data.val_split: null`) every call's model counts as the best. Returns the
+    validation metrics ({} on other ranks).
+    """
+    if not setup.env.is_main:
+        return {}
+    metrics: dict[str, Any] = {}
+    if setup.val_set is not None:
+        metrics = validate(setup.towers, cfg, setup.val_set, setup.env.device)
+    rsum = metrics.get("rsum", float(progress.step))
+    improved = rsum > progress.best_rsum
+    if improved:
+        progress.best_rsum, progress.best_step = rsum, progress.step
+    record = {"kind": "val", "step": progress.step, "epoch": progress.epoch, **metrics,
+              "orthogonality_error": enn.orthogonality_error(setup.towers.model),
+              "wall_s": round(wall_time(setup, progress), 3)}
+    setup.run.log_metrics(record)
+    save_last(setup, cfg, trainables, progress, metrics)
+    if improved:
+        snapshot = Progress(**{**progress.state_dict(), "wall_s": wall_time(setup, progress)})
+        save_training_state(setup.run.best, setup.towers, cfg, trainables, snapshot, metrics)
+    setup.run.plot_curves()
+    if metrics:
+        log.info("step %d: val RSUM %.1f (R@1 i2t %.1f, t2i %.1f)%s", progress.step, metrics["rsum"],
+                 metrics["i2t_r1"], metrics["t2i_r1"], " — best so far" if improved else "")
+    return metrics

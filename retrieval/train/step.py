@@ -1,0 +1,118 @@
+"""One optimizer step of contrastive training: open_clip's ClipLoss (+ ENN penalty), clipping, temperature clamp.
+
+Gradient accumulation: each micro-batch's InfoNCE uses only its own (global, across ranks) negatives; the
+micro-batch losses are averaged and their gradients summed before one optimizer step. With
+`accum_steps = 1` the loss sees the whole global batch, which is what the contrastive objective prefers;
+accumulation only trades memory for fewer negatives per loss term.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from open_clip.loss import ClipLoss
+from torch import nn
+
+import enn
+from retrieval.device import autocast
+from retrieval.train.distributed import DistEnv
+
+
+def build_loss(env: DistEnv) -> ClipLoss:
+    """open_clip's symmetric InfoNCE; under DDP each rank sees the global batch (gathered with gradients).
+
+    With `gather_with_grad=True` and `local_loss=False` every rank computes the full global loss and the
+    all-gather's backward sums the feature gradients from all ranks; DDP then averages parameter
+    gradients, so the update equals a single process on the global batch.
+    """
+    return ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=env.rank, world_size=env.world_size)
+
+
+def penalty_weight(enn_cfg: Mapping[str, Any]) -> float:
+    """λ of the orthogonality penalty: `enn.lambda` in penalty mode, else 0 (exact mode is orthonormal already)."""
+    if enn_cfg["enabled"] and enn_cfg["ortho"] == "penalty":
+        return float(enn_cfg["lambda"])
+    return 0.0
+
+
+def set_temperature(model: nn.Module, temperature: float) -> None:
+    """Start the learnable temperature at `temperature` (logit_scale = ln(1/temperature))."""
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1.0 / temperature))
+
+
+def clamp_logit_scale(model: nn.Module, max_logit_scale: float) -> None:
+    """Keep 1/temperature ≤ max_logit_scale (CLIP's 100), as open_clip does after every step."""
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(max_logit_scale))
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step reports: mean micro-batch losses and the gradient norm before clipping."""
+
+    loss: float
+    contrastive: float
+    penalty: float
+    grad_norm: float
+
+
+def forward_loss(
+    model: nn.Module, loss_fn: ClipLoss, images: torch.Tensor, tokens: torch.Tensor
+) -> torch.Tensor:
+    """InfoNCE of one (micro-)batch through `model` (a CLIP, possibly DDP-wrapped)."""
+    out = model(images, tokens)
+    if isinstance(out, dict):
+        return loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+    image_features, text_features, logit_scale = out[:3]
+    return loss_fn(image_features, text_features, logit_scale)
+
+
+def train_step(
+    model: nn.Module,
+    core: nn.Module,
+    micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: ClipLoss,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: Mapping[str, Any],
+    env: DistEnv,
+) -> StepResult:
+    """Forward/backward over the micro-batches, then clip, AdamW step, schedule step and temperature clamp.
+
+    `model` is what runs forward (DDP wrapper or the model itself); `core` is the unwrapped model (the
+    penalty, clipping and clamp act on it). `cfg` is the whole run config (training + enn sections).
+    """
+    train_cfg = cfg["training"]
+    lam = penalty_weight(cfg["enn"])
+    n = len(micro_batches)
+    contrastive_sum = penalty_sum = 0.0
+    for i, (images, tokens) in enumerate(micro_batches):
+        images = images.to(env.device, non_blocking=True)
+        tokens = tokens.to(env.device, non_blocking=True)
+        # DDP all-reduces gradients only on the last micro-batch of the step.
+        sync = i == n - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast(env.device, str(train_cfg["precision"])):
+                contrastive = forward_loss(model, loss_fn, images, tokens)
+            penalty = enn.orthogonality_loss(core) if lam else contrastive.new_zeros(())
+            ((contrastive + lam * penalty) / n).backward()
+        contrastive_sum += float(contrastive.detach())
+        penalty_sum += float(penalty.detach())
+    clip = train_cfg["grad_clip"]
+    params = [p for p in core.parameters() if p.grad is not None]
+    if clip:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float(clip)))
+    else:
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    clamp_logit_scale(core, float(train_cfg["max_logit_scale"]))
+    contrastive_mean, penalty_mean = contrastive_sum / n, penalty_sum / n
+    return StepResult(contrastive_mean + lam * penalty_mean, contrastive_mean, penalty_mean, grad_norm)

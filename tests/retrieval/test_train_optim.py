@@ -1,0 +1,86 @@
+"""AdamW parameter groups (what is decayed) and the cosine schedule with warm-up."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from retrieval.model import build_towers
+from retrieval.train.optim import build_optimizer, build_scheduler, cosine_with_warmup, param_groups
+from tests.conftest import TINY_MODEL_OVERRIDES
+
+
+def _decayed_names(model, weight_decay=0.1):
+    groups = param_groups(model, weight_decay)
+    ids = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == weight_decay and groups[1]["weight_decay"] == 0.0
+    return {name for name, p in model.named_parameters() if id(p) in ids}, {n for n, _ in model.named_parameters()}
+
+
+@pytest.mark.parametrize("ortho", ["penalty", "exact"])
+def test_no_decay_on_eigenvalues_biases_norms_and_temperature(tiny_config, ortho):
+    tiny_config["enn"]["ortho"] = ortho
+    model = build_towers(tiny_config).model
+    decayed, names = _decayed_names(model)
+    assert any(n.endswith(".lam") for n in names)
+    for name in names:
+        if name.endswith((".lam", "bias", "logit_scale")) or ".ln_" in name or name.startswith("ln_"):
+            assert name not in decayed, name
+    bases = {n for n in names if n.endswith((".Q", ".P", ".Q_raw", ".P_raw"))}
+    assert bases and bases <= decayed  # the orthonormal bases are ordinary matrices
+    assert "positional_embedding" in decayed and "token_embedding.weight" in decayed
+    assert "visual.class_embedding" not in decayed  # 1-D
+
+
+def test_every_trainable_parameter_is_in_exactly_one_group(tiny_config):
+    model = build_towers(tiny_config).model
+    optimizer = build_optimizer(model, tiny_config["training"])
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+
+
+def test_plain_model_decays_its_weight_matrices(tiny_config):
+    tiny_config["enn"]["enabled"] = False
+    model = build_towers(tiny_config).model
+    decayed, _ = _decayed_names(model)
+    assert "transformer.resblocks.0.mlp.c_fc.weight" in decayed
+    assert "transformer.resblocks.0.mlp.c_fc.bias" not in decayed
+
+
+def test_schedule_warms_up_linearly_then_follows_a_cosine_to_zero():
+    warmup, total = 4, 20
+    values = [cosine_with_warmup(s, warmup, total) for s in range(total + 1)]
+    assert values[:warmup] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert values[warmup] == pytest.approx(1.0)
+    middle = warmup + (total - warmup) // 2
+    assert values[middle] == pytest.approx(0.5)
+    assert values[total] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(values[warmup:], values[warmup + 1 :], strict=False))
+
+
+def test_scheduler_position_survives_a_state_dict_round_trip():
+    cfg = {"lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.98], "eps": 1e-6, "warmup_steps": 3}
+    model = torch.nn.Linear(4, 4)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps=10)
+    for _ in range(6):
+        optimizer.step()
+        scheduler.step()
+    fresh_optimizer = build_optimizer(model, cfg)
+    fresh = build_scheduler(fresh_optimizer, cfg, total_steps=10)
+    fresh_optimizer.load_state_dict(optimizer.state_dict())
+    fresh.load_state_dict(scheduler.state_dict())
+    assert fresh_optimizer.param_groups[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])
+    expected = 1e-3 * 0.5 * (1 + math.cos(math.pi * (6 - 3) / 7))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_config_overrides_reach_adamw():
+    from retrieval.config import load_config
+
+    cfg = load_config(None, [*TINY_MODEL_OVERRIDES, "training.lr=3e-4", "training.betas=[0.8, 0.9]"])
+    optimizer = build_optimizer(build_towers(cfg).model, cfg["training"])
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
+    assert optimizer.param_groups[0]["betas"] == (0.8, 0.9)
