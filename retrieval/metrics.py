@@ -9,7 +9,8 @@ The tolerance absorbs float32 rounding (matmul blocks vs. a direct dot product d
 embeddings count as ties, and a constant embedding scores at the bottom rather than at 100 %.
 
 Memory: the N×M score matrix is never held whole; it is built in row blocks of about BLOCK_ELEMENTS
-scores (64 MB) on CPU with torch's BLAS, and each block is reduced to counts at once.
+scores (64 MB, plus one work buffer of the same size) with torch's BLAS, and each block is reduced to
+counts at once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 TIE_TOLERANCE = 1e-5
-BLOCK_ELEMENTS = 1 << 24  # scores per block: 16M float32 = 64 MB (plus a same-shape bool temporary)
+BLOCK_ELEMENTS = 1 << 24  # scores per block: 16M float32 = 64 MB
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -86,16 +87,21 @@ def retrieval_ranks(
 
     i2t_wrong = torch.zeros(n, dtype=torch.long, device=images.device)
     t2i_wrong = torch.zeros(m, dtype=torch.long, device=images.device)
-    rows = max(1, BLOCK_ELEMENTS // max(m, 1))
+    rows = min(n, max(1, BLOCK_ELEMENTS // m))
+    block = torch.empty((rows, m), dtype=torch.float32, device=images.device)
+    work = torch.empty_like(block)
     for lo in range(0, n, rows):
         hi = min(n, lo + rows)
-        scores = images[lo:hi] @ texts.T  # (B, M)
+        scores = torch.matmul(images[lo:hi], texts.T, out=block[: hi - lo])  # (B, M)
+        # "score ≥ threshold" as 1.0/0.0 floats: (s − t ≥ 0) ⟺ (s ≥ t) exactly in IEEE arithmetic, and
+        # float sums vectorise far better than bool ones (4× faster here); counts stay exact below 2^24.
+        ahead = torch.sub(scores, i2t_threshold[lo:hi, None], out=work[: hi - lo]).ge_(0)
         # image→text: captions at or above the image's best correct score, minus its own captions.
-        ahead = (scores >= i2t_threshold[lo:hi, None]).sum(1)
         own = scores.gather(1, own_caps[lo:hi]) >= i2t_threshold[lo:hi, None]
-        i2t_wrong[lo:hi] = ahead - (own & valid[lo:hi]).sum(1)
+        i2t_wrong[lo:hi] = ahead.sum(1).long() - (own & valid[lo:hi]).sum(1)
         # text→image: images of this block at or above each caption's correct score ...
-        t2i_wrong += (scores >= t2i_threshold[None, :]).sum(0)
+        ahead = torch.sub(scores, t2i_threshold[None, :], out=work[: hi - lo]).ge_(0)
+        t2i_wrong += ahead.sum(0).long()
         # ... not counting the caption's own image when it lies in this block.
         mine = order[starts[lo] : starts[hi - 1] + counts[hi - 1]]  # captions of images lo..hi-1
         t2i_wrong[mine] -= (scores[owner[mine] - lo, mine] >= t2i_threshold[mine]).long()
