@@ -1,0 +1,200 @@
+"""An opened INDEX_DIR at run time: manifest + item store + one live FAISS index per modality.
+
+Write path (durability): an add commits its rows to the store first and only then touches FAISS; a
+delete commits first too. The FAISS files are snapshots (`snapshot()`, atomic) that may lag behind;
+opening the folder reconciles each index with the store (adds what is missing, drops what was
+deleted), so a kill -9 at any moment loses no acknowledged item and never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.errors import UserError
+from retrieval.index.collection import Collection
+from retrieval.index.factory import index_ids
+from retrieval.index.io import atomic_write_bytes, read_index, remove_stale_temps, serialize
+from retrieval.index.manifest import IMAGES, STORE, Manifest, read_manifest, write_manifest
+from retrieval.store import MODALITIES, Item, ItemStore, NewItem, utc_now
+
+log = logging.getLogger(__name__)
+
+
+class ReadOnlyIndexError(Exception):
+    """A write on an index opened memory-mapped."""
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    item: Item
+    score: float
+
+
+class IndexDir:
+    """Search, add and delete over an index folder; thread-safe (FAISS is guarded by one lock)."""
+
+    def __init__(self, path: str | Path, mmap: bool = False, fingerprint: str | None = None) -> None:
+        self.path = Path(path)
+        self.manifest: Manifest = read_manifest(self.path)
+        if fingerprint is not None and fingerprint != self.manifest.fingerprint:
+            raise UserError(
+                f"index {self.path} was built by model {self.manifest.fingerprint}, but the checkpoint is model "
+                f"{fingerprint}: rebuild the index with this checkpoint (`retrieval index build`)"
+            )
+        self.read_only = mmap
+        self._lock = threading.Lock()  # FAISS: adds and removes must not overlap searches
+        self._snapshot_lock = threading.Lock()
+        self._dirty = False
+        for stale in remove_stale_temps(self.path) + remove_stale_temps(self.path / IMAGES):
+            log.info("removed an unfinished temp file: %s", stale)
+        self.store = ItemStore(self.path / STORE, dim=self.manifest.dim)
+        self.collections = {m: self._open(m, mmap) for m in MODALITIES}
+        self._counts = {m: self.store.count(m) for m in MODALITIES}
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    def _open(self, modality: str, mmap: bool) -> Collection:
+        """Load one snapshot and reconcile it with the store (re-written at once if it lagged)."""
+        info = self.manifest.collections[modality]
+        path = self.path / info.file
+        if not path.is_file():
+            raise UserError(f"{path} not found: the index folder is incomplete")
+        store_ids = self.store.ids(modality)
+        index = read_index(path, mmap=mmap)
+        held = index_ids(index)
+        in_sync = len(held) == len(store_ids) and np.array_equal(np.sort(held), store_ids)
+        if not in_sync and mmap:
+            index = read_index(path)  # a memory-mapped index cannot take the missing items
+        collection = Collection(modality, index, info.kind, info.search_params)
+        if not in_sync:
+            changes = collection.reconcile(store_ids, self.store.embeddings_of)
+            log.info("%s index reconciled with the store: %s", modality, changes)
+            self._write_snapshot(modality, serialize(collection.index))
+            info.count = len(store_ids)
+            self.manifest.updated = utc_now()
+            write_manifest(self.path, self.manifest)
+            if mmap:
+                collection = Collection(modality, read_index(path, mmap=True), info.kind, info.search_params)
+        return collection
+
+    def search(self, modality: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-k items of `modality` for each query row (normalised (n, D) float32), best first."""
+        with self._lock:
+            scores, ids = self.collections[modality].search(queries, k)
+        items = self.store.get([int(i) for i in ids.reshape(-1) if i >= 0])
+        return [
+            [Hit(items[int(i)], float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0 and int(i) in items]
+            for row_s, row_i in zip(scores, ids, strict=True)
+        ]
+
+    def add(self, items: list[NewItem]) -> list[int]:
+        """Store (committed) then index items; returns their ids once both are done."""
+        if self.read_only:
+            raise ReadOnlyIndexError("the index is memory-mapped read-only (started with mmap); writes are disabled")
+        ids = self.store.add(items)
+        with self._lock:
+            for modality in MODALITIES:
+                rows = [n for n, item in enumerate(items) if item.modality == modality]
+                if rows:
+                    vectors = np.stack([items[n].embedding for n in rows]).astype(np.float32)
+                    self.collections[modality].add(vectors, np.asarray([ids[n] for n in rows], np.int64))
+                    self._counts[modality] += len(rows)
+            self._dirty = True
+        return ids
+
+    def delete(self, item_id: int) -> Item | None:
+        """Remove an item from the store (committed) and the index; None when there is no such id."""
+        if self.read_only:
+            raise ReadOnlyIndexError("the index is memory-mapped read-only (started with mmap); writes are disabled")
+        item = self.store.delete(item_id)
+        if item is not None:
+            with self._lock:
+                self.collections[item.modality].remove(np.asarray([item_id], np.int64))
+                self._counts[item.modality] -= 1
+                self._dirty = True
+        return item
+
+    def get(self, item_id: int) -> Item | None:
+        """One stored item."""
+        return self.store.get([item_id]).get(item_id)
+
+    def counts(self) -> dict[str, int]:
+        """Live items per modality."""
+        return dict(self._counts)
+
+    def save_image(self, data: bytes, suffix: str) -> str:
+        """Keep uploaded image bytes under images/ (atomic, content-addressed); returns the item uri."""
+        folder = self.path / IMAGES
+        folder.mkdir(exist_ok=True)
+        name = f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
+        if not (folder / name).is_file():
+            atomic_write_bytes(folder / name, data)
+        return f"{IMAGES}/{name}"
+
+    def image_path(self, item: Item) -> Path | None:
+        """The file behind an image item's uri (uploads live under images/; built items name their file)."""
+        if item.modality != "image" or not item.uri:
+            return None
+        path = Path(item.uri)
+        if not path.is_absolute():
+            path = (self.path / path).resolve()
+            if self.path.resolve() not in path.parents:
+                return None
+        return path if path.is_file() else None
+
+    def snapshot(self, force: bool = False) -> bool:
+        """Write the FAISS files and manifest if anything changed since the last snapshot."""
+        if self.read_only:
+            return False
+        with self._snapshot_lock:
+            with self._lock:
+                if not (self._dirty or force):
+                    return False
+                blobs = {m: serialize(c.index) for m, c in self.collections.items()}
+                counts = dict(self._counts)
+                self._dirty = False
+            for modality, blob in blobs.items():
+                self._write_snapshot(modality, blob)
+            for modality, count in counts.items():
+                self.manifest.collections[modality].count = count
+            self.manifest.updated = utc_now()
+            write_manifest(self.path, self.manifest)
+        return True
+
+    def _write_snapshot(self, modality: str, blob: np.ndarray) -> None:
+        atomic_write_bytes(self.path / self.manifest.collections[modality].file, blob)
+
+    def info(self) -> dict[str, Any]:
+        """What `/v1/info` reports about the index."""
+        return {
+            "fingerprint": self.manifest.fingerprint,
+            "dim": self.dim,
+            "metric": self.manifest.metric,
+            "read_only": self.read_only,
+            "indexes": {
+                m: {
+                    "kind": c.kind,
+                    "count": self._counts[m],
+                    "search_params": c.search_params,
+                    "recall_at_10": self.manifest.collections[m].recall_at_10,
+                    "deleted_pending_rebuild": len(c.tombstones),
+                }
+                for m, c in self.collections.items()
+            },
+        }
+
+    def close(self) -> None:
+        """Snapshot pending changes and close the store."""
+        self.snapshot()
+        self.store.close()

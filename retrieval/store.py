@@ -1,0 +1,220 @@
+"""The item store: the durable truth behind an index (SQLite in WAL mode, stdlib `sqlite3`).
+
+Every item (an image or a text) is a row with its caption, uri, metadata and embedding. A write returns
+only after its transaction is committed with `synchronous=FULL`, so an acknowledged item survives a
+kill -9 or a power cut; the FAISS files are snapshots rebuilt from these rows when they lag behind.
+Ids come from AUTOINCREMENT, so a deleted id is never reused (the index relies on that to drop stale
+entries). One connection is shared under a lock: statements are short, and SQLite serialises writers.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.errors import UserError
+
+MODALITIES = ("image", "text")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    modality TEXT NOT NULL CHECK (modality IN ('image', 'text')),
+    caption TEXT,
+    uri TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    embedding BLOB NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_by_modality ON items (modality, id);
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp, second precision (what the store and manifests record)."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass
+class NewItem:
+    """An item to add: its modality, normalised embedding (D,), and what search results show."""
+
+    modality: str
+    embedding: np.ndarray
+    caption: str | None = None
+    uri: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Item:
+    """A stored item, as search results and `GET /v1/items/{id}` report it (no embedding)."""
+
+    id: int
+    modality: str
+    caption: str | None
+    uri: str | None
+    metadata: dict[str, Any]
+    created: str
+
+
+class ItemStore:
+    """Items of one index directory in `items.sqlite`; thread-safe."""
+
+    def __init__(self, path: str | Path, dim: int | None = None, create: bool = False) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise UserError(f"item store not found: {self.path} (build the index with `retrieval index build`)")
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")  # a COMMIT is on disk before we acknowledge
+        self._conn.executescript(_SCHEMA)
+        stored = self.get_info("dim")
+        if stored is None and dim is not None:
+            self.set_info("dim", str(dim))
+            stored = str(dim)
+        if stored is None:
+            raise UserError(f"{self.path}: item store has no embedding dimension recorded")
+        self.dim = int(stored)
+        if dim is not None and dim != self.dim:
+            raise UserError(f"{self.path}: the store holds {self.dim}-d embeddings, not {dim}-d")
+
+    def close(self) -> None:
+        """Close the connection (the WAL is checkpointed by SQLite)."""
+        with self._lock:
+            self._conn.close()
+
+    def get_info(self, key: str) -> str | None:
+        """A value of the key/value `info` table (dim, fingerprint)."""
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM info WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_info(self, key: str, value: str) -> None:
+        """Set a key of the `info` table (committed)."""
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO info (key, value) VALUES (?, ?)", (key, value))
+
+    def add(self, items: Sequence[NewItem]) -> list[int]:
+        """Insert items in one committed transaction; returns their new ids in order."""
+        rows = [self._row(item) for item in items]
+        created = utc_now()
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                ids = []
+                for modality, caption, uri, metadata, blob in rows:
+                    cur.execute(
+                        "INSERT INTO items (modality, caption, uri, metadata, embedding, created) VALUES (?, ?, ?, ?, ?, ?)",
+                        (modality, caption, uri, metadata, blob, created),
+                    )
+                    ids.append(int(cur.lastrowid))
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return ids
+
+    def _row(self, item: NewItem) -> tuple[str, str | None, str | None, str, bytes]:
+        if item.modality not in MODALITIES:
+            raise ValueError(f"modality must be image or text, not {item.modality!r}")
+        vector = np.ascontiguousarray(item.embedding, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.dim:
+            raise ValueError(f"embedding has {vector.shape[0]} dimensions, the store holds {self.dim}")
+        return item.modality, item.caption, item.uri, json.dumps(item.metadata), vector.tobytes()
+
+    def delete(self, item_id: int) -> Item | None:
+        """Remove an item (committed); returns it, or None when there is no such id."""
+        with self._lock:
+            row = self._conn.execute(
+                "DELETE FROM items WHERE id = ? RETURNING id, modality, caption, uri, metadata, created", (item_id,)
+            ).fetchone()
+        return _item(row) if row else None
+
+    def get(self, ids: Sequence[int]) -> dict[int, Item]:
+        """The items among `ids` that exist, by id (for search results)."""
+        found: dict[int, Item] = {}
+        unique = list(dict.fromkeys(int(i) for i in ids))
+        for start in range(0, len(unique), 500):  # stay under SQLite's bound-parameter limit
+            part = unique[start : start + 500]
+            marks = ",".join("?" * len(part))
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT id, modality, caption, uri, metadata, created FROM items WHERE id IN ({marks})", part
+                ).fetchall()
+            found.update((row[0], _item(row)) for row in rows)
+        return found
+
+    def embeddings_of(self, ids: Sequence[int]) -> np.ndarray:
+        """(len(ids), D) float32 embeddings in the order of `ids` (all must exist)."""
+        out = np.empty((len(ids), self.dim), np.float32)
+        position = {int(i): n for n, i in enumerate(ids)}
+        keys = list(position)
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT id, embedding FROM items WHERE id IN ({','.join('?' * len(part))})", part
+                ).fetchall()
+            for item_id, blob in rows:
+                out[position[item_id]] = np.frombuffer(blob, np.float32)
+            if len(rows) != len(part):
+                missing = set(part) - {r[0] for r in rows}
+                raise KeyError(f"items not in the store: {sorted(missing)[:5]}")
+        return out
+
+    def ids(self, modality: str) -> np.ndarray:
+        """All item ids of one modality, ascending (int64)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT id FROM items WHERE modality = ? ORDER BY id", (modality,)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def iter_embeddings(self, modality: str, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, (n, D) embeddings) chunks of one modality in id order, without holding all in memory."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT id, embedding FROM items WHERE modality = ? AND id > ? ORDER BY id LIMIT ?",
+                    (modality, last, chunk),
+                ).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), self.dim)
+            yield ids, vectors
+            last = int(ids[-1])
+
+    def count(self, modality: str) -> int:
+        """Number of items of one modality."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM items WHERE modality = ?", (modality,)).fetchone()[0])
+
+    def uris(self, modality: str) -> dict[str, int]:
+        """uri → id for one modality (maps dataset files to items, e.g. for evaluation through an index)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT uri, id FROM items WHERE modality = ? AND uri IS NOT NULL", (modality,)
+            ).fetchall()
+        return {uri: item_id for uri, item_id in rows}
+
+    def integrity_ok(self) -> bool:
+        """SQLite's own consistency check (used after crashes in tests and by operators)."""
+        with self._lock:
+            return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _item(row: tuple) -> Item:
+    item_id, modality, caption, uri, metadata, created = row
+    return Item(int(item_id), modality, caption, uri, json.loads(metadata), created)

@@ -1,0 +1,142 @@
+"""What the routes delegate to: the encoder behind two batchers, the index folder, periodic snapshots.
+
+Created once (`load_engine`, synchronous: model + index + fingerprint check), started inside the app's
+lifespan (batchers and the snapshot task need the running event loop) and stopped at shutdown (pending
+index changes are written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import HTTPException
+from starlette.concurrency import run_in_threadpool
+
+from retrieval.index import Hit, IndexDir
+from retrieval.store import Item, NewItem
+from service.batching import Batcher
+from service.encoder import Encoder, make_encoder
+from service.images import decode_image
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Upload:
+    """A decoded image upload: the model input, and the original bytes and suffix for storing it."""
+
+    pixels: np.ndarray
+    data: bytes
+    suffix: str
+
+
+class Engine:
+    """Encoder + index + batching for one app."""
+
+    def __init__(self, settings: Settings, encoder: Encoder, index: IndexDir) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self.index = index
+        self.text_batcher: Batcher | None = None
+        self.image_batcher: Batcher | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._snapshots: asyncio.Task | None = None
+
+    def start(self, metrics: Metrics) -> None:
+        """Start batchers and the snapshot task in the running event loop."""
+        s = self.settings
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
+
+        def batcher(name: str, fn) -> Batcher:
+            made = Batcher(name, fn, self._executor, s.batch_max_size, s.batch_max_wait_ms, s.queue_size,
+                           inflight=lambda: metrics.encoding_inflight, on_batch=metrics.observe_batch)
+            metrics.track(name, lambda: made.depth)
+            made.start()
+            return made
+
+        self.text_batcher = batcher("text", self.encoder.encode_texts)
+        self.image_batcher = batcher("image", lambda pixels: self.encoder.encode_pixels(np.stack(pixels)))
+        metrics.track_index(self.index.counts)
+        self._snapshots = asyncio.get_running_loop().create_task(self._snapshot_loop(), name="index-snapshots")
+
+    async def stop(self) -> None:
+        """Stop batching and snapshotting, write pending index changes, close the store."""
+        if self._snapshots is not None:
+            self._snapshots.cancel()
+            await asyncio.gather(self._snapshots, return_exceptions=True)
+        for batcher in (self.text_batcher, self.image_batcher):
+            if batcher is not None:
+                await batcher.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        await run_in_threadpool(self.index.close)
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.snapshot_interval_s)
+            try:
+                await run_in_threadpool(self.index.snapshot)
+            except Exception:  # a failed snapshot is retried next time; the store still has every item
+                log.exception("index snapshot failed")
+
+    async def embed_texts(self, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
+        """(n, D) embeddings and per-text truncation flags."""
+        return await self.text_batcher.submit(texts), self.encoder.truncated(texts)
+
+    async def decode(self, data: bytes, what: str) -> Upload:
+        """Check, decode and preprocess one uploaded image (in a worker thread)."""
+
+        def work() -> Upload:
+            image, suffix = decode_image(data, self.settings.max_image_pixels, what)
+            return Upload(self.encoder.preprocess_image(image), data, suffix)
+
+        return await run_in_threadpool(work)
+
+    async def embed_images(self, uploads: list[Upload]) -> np.ndarray:
+        """(n, D) embeddings of decoded uploads."""
+        return await self.image_batcher.submit([u.pixels for u in uploads])
+
+    def query_vector(self, embedding: list[float]) -> np.ndarray:
+        """A raw query embedding, checked (dimension, finite, non-zero) and L2-normalised."""
+        vector = np.asarray(embedding, dtype=np.float64)
+        if vector.ndim != 1 or len(vector) != self.index.dim:
+            raise HTTPException(422, f"embedding has {vector.size} values; this index needs {self.index.dim}")
+        if not np.isfinite(vector).all():
+            raise HTTPException(422, "embedding contains NaN or infinite values")
+        norm = float(np.linalg.norm(vector))
+        if norm == 0.0:
+            raise HTTPException(422, "embedding is the zero vector")
+        return (vector / norm).astype(np.float32)
+
+    async def search(self, vector: np.ndarray, target: str, k: int) -> list[Hit]:
+        """Top-k items of `target` for one normalised query vector."""
+        hits = await run_in_threadpool(self.index.search, target, vector.reshape(1, -1), k)
+        return hits[0]
+
+    async def add(self, items: list[NewItem]) -> list[int]:
+        """Durably add items (store commit, then index)."""
+        return await run_in_threadpool(self.index.add, items)
+
+    async def store_image(self, upload: Upload) -> str:
+        """Keep an uploaded image's bytes; returns its uri."""
+        return await run_in_threadpool(self.index.save_image, upload.data, upload.suffix)
+
+    async def delete(self, item_id: int) -> Item | None:
+        """Durably delete an item."""
+        return await run_in_threadpool(self.index.delete, item_id)
+
+
+def load_engine(settings: Settings) -> Engine:
+    """Load the model and the index (refusing an index built by another model)."""
+    encoder = make_encoder(settings)
+    index = IndexDir(settings.index_dir, mmap=settings.mmap, fingerprint=encoder.fingerprint)
+    if index.dim != encoder.embed_dim:
+        raise ValueError(f"index dimension {index.dim} differs from the model's {encoder.embed_dim}")
+    log.info("loaded model %s and index %s (%s)", encoder.fingerprint, settings.index_dir, index.counts())
+    return Engine(settings, encoder, index)

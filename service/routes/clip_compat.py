@@ -1,0 +1,85 @@
+"""clip-retrieval back-end compatibility: `POST /knn-service` and `GET /indices-list`.
+
+Mirrors `clip_retrieval/clip_back.py` closely enough that its `ClipClient` works unchanged: the body is
+read as JSON whatever its content type (the client posts `data=json.dumps(...)` without one); `modality`
+picks the index; the answer is a list of `{"id", "similarity", "caption", "url"}`, where `url` serves
+the image (for a caption: the image it describes). `deduplicate` drops results whose embedding is
+near-identical (cosine > 0.94, clip-retrieval's threshold) to a better-ranked one. Safety, violence and
+aesthetic options are accepted and ignored (this server has no such models); `image_url` is refused,
+since the server does not fetch URLs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from retrieval.index import Hit
+from service.auth import require_read_key
+from service.deps import check_k, check_texts, get_engine
+from service.engine import Engine
+from service.images import decode_base64
+from service.schemas import KnnRequest, KnnResult, Problem
+
+router = APIRouter(tags=["clip-retrieval compatibility"], dependencies=[Depends(require_read_key)])
+DEDUP_THRESHOLD = 0.94
+_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": KnnRequest.model_json_schema()}}}}
+
+
+@router.get("/indices-list", response_model=list[str])
+async def indices_list(request: Request) -> list[str]:
+    """The index names a client may pass as `indice_name` (one: this server's)."""
+    return [request.app.state.settings.name]
+
+
+@router.post("/knn-service", response_model=list[KnnResult], openapi_extra=_BODY,
+             responses={code: {"model": Problem} for code in (400, 401, 404, 413, 415, 422, 503)})
+async def knn_service(request: Request, engine: Engine = Depends(get_engine)) -> list[KnnResult]:
+    """clip-retrieval's nearest-neighbour query (text, base64 image, or embedding)."""
+    try:
+        body = KnnRequest.model_validate(json.loads(await request.body()))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HTTPException(400, "body is not valid JSON") from None
+    except ValidationError as err:
+        raise RequestValidationError(err.errors()) from None
+    name = engine.settings.name
+    if body.indice_name is not None and body.indice_name != name:
+        raise HTTPException(404, f"unknown index {body.indice_name!r}; this server has {name!r}")
+    check_k(body.num_images, engine.settings)
+    if body.text:
+        check_texts([body.text], engine.settings, "text")
+        vector = (await engine.embed_texts([body.text]))[0][0]
+    elif body.image:
+        upload = await engine.decode(decode_base64(body.image, "image"), "image")
+        vector = (await engine.embed_images([upload]))[0]
+    elif body.image_url:
+        raise HTTPException(422, "image_url is not supported (the server does not fetch URLs); send the image base64")
+    elif body.embedding_input is not None:
+        vector = engine.query_vector(body.embedding_input)
+    else:
+        raise HTTPException(422, "give one of text, image, embedding_input")
+    hits = await engine.search(vector, body.modality, body.num_images)
+    if body.deduplicate and len(hits) > 1:
+        hits = _deduplicate(engine, hits)
+    return [_result(request, engine, hit) for hit in hits]
+
+
+def _deduplicate(engine: Engine, hits: list[Hit]) -> list[Hit]:
+    """Keep each hit unless a better-ranked kept hit's embedding is within the duplicate threshold."""
+    vectors = engine.index.store.embeddings_of([h.item.id for h in hits])
+    kept: list[int] = []
+    for n in range(len(hits)):
+        if not kept or float(np.max(vectors[kept] @ vectors[n])) <= DEDUP_THRESHOLD:
+            kept.append(n)
+    return [hits[n] for n in kept]
+
+
+def _result(request: Request, engine: Engine, hit: Hit) -> KnnResult:
+    item = hit.item
+    image_id = item.id if item.modality == "image" else item.metadata.get("image_id")
+    url = str(request.url_for("item_image", item_id=image_id)) if isinstance(image_id, int) else None
+    return KnnResult(id=item.id, similarity=hit.score, caption=item.caption, url=url)
