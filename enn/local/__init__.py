@@ -1,0 +1,51 @@
+"""ENN-ℓ: backprop-free local training of two-tower (image–text) models, sequential or pipelined.
+
+Each tower is cut into S stages (`split_clip`); stage k of both towers forms a `LocalUnit` with its own
+contrastive loss (through a frozen random or learned `LocalHead`), its own optimizer and schedule, and
+detached inputs, so no gradient crosses a stage boundary. `run_units` is the one-process reference;
+`LocalPipeline` runs groups of units in separate processes with identical results. Quick use::
+
+    image, text = split_clip(clip, stages=4)
+    units = [LocalUnit(i, t, loss_fn, head=..., ...) for i, t in zip(image, text)]  # last: logit_scale=
+    for u in units: u.attach(optimizer_for(u), scheduler_for(u))
+    metrics = run_units(units, [(images, tokens, tokens)])
+
+The design and its reasoning: docs/enn-local.md. Depends only on torch (open_clip's text pooling is
+imported lazily when a text stage pools).
+"""
+
+from enn.local.heads import HEAD_KINDS, LocalHead, random_projection
+from enn.local.pipeline import LocalPipeline, PipelineError, StepReport, UnitFactory, group_units
+from enn.local.stages import (
+    ResNetStage,
+    TextStage,
+    TowerStage,
+    VitStage,
+    split_clip,
+    split_evenly,
+    staged_forward,
+)
+from enn.local.unit import LocalUnit, Micro, bind_state_keys, make_units, run_units
+
+__all__ = [
+    "HEAD_KINDS",
+    "LocalHead",
+    "LocalPipeline",
+    "LocalUnit",
+    "Micro",
+    "PipelineError",
+    "ResNetStage",
+    "StepReport",
+    "TextStage",
+    "TowerStage",
+    "UnitFactory",
+    "VitStage",
+    "bind_state_keys",
+    "group_units",
+    "make_units",
+    "random_projection",
+    "run_units",
+    "split_clip",
+    "split_evenly",
+    "staged_forward",
+]

@@ -1,0 +1,66 @@
+"""Local heads: map a stage's pooled image and text features into one space for its contrastive loss."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+HEAD_KINDS = ("random", "learned")
+
+
+def random_projection(rows: int, cols: int, generator: torch.Generator) -> Tensor:
+    """A (rows × cols) matrix with orthonormal columns (or rows, if rows < cols), drawn from `generator`.
+
+    Orthonormal rather than i.i.d. Gaussian: the projection then preserves the angles between the
+    features it keeps, so a frozen head never makes two different inputs collide by chance.
+    """
+    a = torch.randn(max(rows, cols), min(rows, cols), generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)  # the QR sign convention → a Haar-uniform basis
+    return (q if rows >= cols else q.T).to(torch.float32)
+
+
+class LocalHead(nn.Module):
+    """Stage k's head: parameter-free LayerNorm → projection to `dim`, for each tower, + a temperature.
+
+    `kind="random"` (the paper's ENN-ℓ): the projections are frozen buffers, so only the stage learns to
+    make its image and text features agree through a fixed random readout; `kind="learned"`: they are
+    trained with the stage. The temperature (a logit scale, like CLIP's) is learned in both cases: the
+    sharpness that suits an early stage is not the final one's. The LayerNorm mirrors the towers' own
+    ln_post/ln_final → projection readout and keeps the scale of the residual stream out of the loss.
+    """
+
+    def __init__(
+        self,
+        image_width: int,
+        text_width: int,
+        dim: int,
+        kind: str = "random",
+        init_logit_scale: float = math.log(1 / 0.07),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"unknown local head kind {kind!r}; valid: {', '.join(HEAD_KINDS)}")
+        self.kind = kind
+        generator = torch.Generator().manual_seed(seed)
+        image = random_projection(image_width, dim, generator)
+        text = random_projection(text_width, dim, generator)
+        if kind == "learned":
+            self.image_proj, self.text_proj = nn.Parameter(image), nn.Parameter(text)
+        else:
+            self.register_buffer("image_proj", image)
+            self.register_buffer("text_proj", text)
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+
+    def forward(self, image: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, image_width), (B, text_width) pooled features → L2-normalised (B, dim) pairs."""
+        image = F.layer_norm(image, image.shape[-1:]) @ self.image_proj.to(image.dtype)
+        text = F.layer_norm(text, text.shape[-1:]) @ self.text_proj.to(text.dtype)
+        return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, image_proj={tuple(self.image_proj.shape)}, text_proj={tuple(self.text_proj.shape)}"

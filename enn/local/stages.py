@@ -1,0 +1,209 @@
+"""Cut an open_clip CLIP's two towers into S consecutive stages whose composition is the tower's forward.
+
+A stage *registers* the modules and parameters it owns (shared objects, not copies: the CLIP's
+state_dict stays the source of truth) and *runs* the tower's own code for the pieces around the blocks
+(`VisionTransformer._embeds` / `._pool`, `ModifiedResNet.stem`, open_clip's `text_global_pool`), so the
+staged forward is the model's forward op for op — bitwise equal when composed.
+
+Cuts (S = `stages`):
+- ViT: stage 0 = patch embedding + class/positional embedding + ln_pre + its blocks; the L residual blocks
+  are split into S contiguous groups (`split_evenly`); the last stage adds ln_post + pooling + `proj`.
+- ModifiedResNet: the four residual layers are grouped into S ≤ 4 stages; the stem joins stage 0 and
+  the attention pool the last.
+- open_clip text transformer (CLIP's top-level `token_embedding` … `text_projection`): stage 0 = token +
+  positional embedding + its blocks (with the causal mask), the last = ln_final + EOT pooling +
+  `text_projection`.
+
+Hugging Face and timm towers are not supported (their internals are model specific).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+def split_evenly(n: int, parts: int) -> list[range]:
+    """`n` units into `parts` contiguous non-empty groups whose sizes differ by at most one.
+
+    The larger groups come last: stage 0 already carries the embeddings (and, for text, the big token
+    embedding's optimizer update), so giving it fewer blocks balances a pipeline better.
+    """
+    if parts < 1 or n < parts:
+        raise ValueError(f"cannot split {n} blocks into {parts} stages (need at least one block per stage)")
+    base, extra = divmod(n, parts)
+    sizes = [base + (1 if i >= parts - extra else 0) for i in range(parts)]
+    starts = [sum(sizes[:i]) for i in range(parts)]
+    return [range(s, s + k) for s, k in zip(starts, sizes, strict=True)]
+
+
+class TowerStage(nn.Module):
+    """One slice of a tower. `forward(x, tokens)` → next hidden state (the last stage: the embedding).
+
+    Stage 0's `x` is the tower input (pixels; for text the token ids themselves).
+
+    `pool(h, tokens)` summarises a non-last stage's output as one (B, `width`) vector per sample for its
+    local head. `tokens` (the caption token ids) is passed to every stage: text pooling needs it.
+    """
+
+    def __init__(self, index: int, count: int, width: int) -> None:
+        super().__init__()
+        self.index, self.count, self.width = index, count, width
+
+    @property
+    def is_first(self) -> bool:
+        return self.index == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.count - 1
+
+    def pool(self, h: Tensor, tokens: Tensor) -> Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"stage {self.index + 1}/{self.count}, width={self.width}"
+
+
+class VitStage(TowerStage):
+    """A slice of open_clip's `VisionTransformer` (hidden state: (B, 1 + grid², width) tokens)."""
+
+    def __init__(self, visual: nn.Module, blocks: range, index: int, count: int) -> None:
+        super().__init__(index, count, visual.transformer.width)
+        if not visual.transformer.batch_first:
+            raise ValueError("ENN-ℓ stages need a batch-first open_clip transformer")
+        self._tower = (visual,)  # a tuple hides it from nn.Module registration: we own only our parts
+        self.blocks = nn.ModuleList(visual.transformer.resblocks[i] for i in blocks)
+        if self.is_first:
+            self.conv1, self.patch_dropout, self.ln_pre = visual.conv1, visual.patch_dropout, visual.ln_pre
+            self.class_embedding = visual.class_embedding
+            self.positional_embedding = visual.positional_embedding
+        if self.is_last:
+            self.ln_post, self.proj = visual.ln_post, visual.proj
+            self.attn_pool = visual.attn_pool
+            self.attn_pool_contrastive = getattr(visual, "attn_pool_contrastive", None)
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
+        visual = self._tower[0]
+        if self.is_first:
+            x = visual._embeds(x)  # (B, 3, H, W) -> (B, 1 + grid², width)
+        for block in self.blocks:
+            x = block(x, attn_mask=None)
+        if self.is_last:
+            pooled, _ = visual._pool(x)
+            x = pooled @ visual.proj if visual.proj is not None else pooled  # (B, embed_dim)
+        return x
+
+    def pool(self, h: Tensor, tokens: Tensor | None = None) -> Tensor:
+        """Mean over all tokens: early on the class token has gathered little, the mean trains every token."""
+        return h.mean(dim=1)
+
+
+class ResNetStage(TowerStage):
+    """A slice of open_clip's `ModifiedResNet` (hidden state: (B, C, H, W) feature maps)."""
+
+    def __init__(self, visual: nn.Module, layers: range, index: int, count: int) -> None:
+        all_layers = [visual.layer1, visual.layer2, visual.layer3, visual.layer4]
+        chosen = [all_layers[i] for i in layers]
+        width = chosen[-1][-1].conv3.out_channels  # Bottleneck output channels of our last layer
+        super().__init__(index, count, width)
+        self._tower = (visual,)
+        self.layers = nn.ModuleList(chosen)
+        if self.is_first:
+            self.stem = nn.ModuleList(
+                [visual.conv1, visual.bn1, visual.act1, visual.conv2, visual.bn2, visual.act2,
+                 visual.conv3, visual.bn3, visual.act3, visual.avgpool]
+            )
+        if self.is_last:
+            self.attnpool = visual.attnpool
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
+        if self.is_first:
+            x = self._tower[0].stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.attnpool(x) if self.is_last else x
+
+    def pool(self, h: Tensor, tokens: Tensor | None = None) -> Tensor:
+        """Global average over the feature map (the usual ResNet summary)."""
+        return h.mean(dim=(2, 3))
+
+
+class TextStage(TowerStage):
+    """A slice of the open_clip text transformer that a `CLIP` keeps at its top level."""
+
+    def __init__(self, model: nn.Module, blocks: range, index: int, count: int) -> None:
+        super().__init__(index, count, model.transformer.width)
+        if not model.transformer.batch_first:
+            raise ValueError("ENN-ℓ stages need a batch-first open_clip transformer")
+        self.pool_type = model.text_pool_type
+        self.eos_id = getattr(model, "text_eos_id", None)
+        self.blocks = nn.ModuleList(model.transformer.resblocks[i] for i in blocks)
+        # Our own (non-persistent) reference, so `.to(device)` on the stage moves the causal mask too.
+        self.register_buffer("attn_mask", model.attn_mask, persistent=False)
+        if self.is_first:
+            self.token_embedding = model.token_embedding
+            self.positional_embedding = model.positional_embedding
+        if self.is_last:
+            self.ln_final, self.text_projection = model.ln_final, model.text_projection
+
+    def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
+        if self.is_first:
+            # As CLIP.encode_text: embed in the blocks' weight dtype, add positions.
+            dtype = next(self.blocks[0].mlp.parameters()).dtype
+            x = self.token_embedding(x).to(dtype) + self.positional_embedding.to(dtype)  # ids (B, T) → (B, T, width)
+        for block in self.blocks:
+            x = block(x, attn_mask=self.attn_mask)
+        if self.is_last:
+            x = self.pool(self.ln_final(x), tokens)
+            if isinstance(self.text_projection, nn.Linear):
+                x = self.text_projection(x)
+            elif self.text_projection is not None:
+                x = x @ self.text_projection  # (B, embed_dim)
+        return x
+
+    def pool(self, h: Tensor, tokens: Tensor) -> Tensor:
+        """The model's own text pooling (EOT token by default): under the causal mask only that position
+        has read the whole caption, so a mean would mostly summarise prefixes."""
+        from open_clip.transformer import text_global_pool  # lazy: enn depends only on torch
+
+        return text_global_pool(h, tokens, self.pool_type, eos_token_id=self.eos_id)
+
+
+def _vision_kind(visual: nn.Module) -> str:
+    if hasattr(visual, "_embeds") and hasattr(visual, "transformer") and hasattr(visual, "_pool"):
+        return "vit"
+    if all(hasattr(visual, name) for name in ("stem", "layer1", "layer4", "attnpool")):
+        return "resnet"
+    raise ValueError(
+        f"ENN-ℓ cannot cut a {type(visual).__name__} image tower: open_clip ViT or ModifiedResNet only"
+    )
+
+
+def split_clip(model: nn.Module, stages: int) -> tuple[list[TowerStage], list[TowerStage]]:
+    """(image stages, text stages) of an open_clip `CLIP`, each list of length `stages`.
+
+    Composing them (`x = stage(x, tokens)` in order) gives `encode_image` / `encode_text` exactly.
+    Raises ValueError for a tower that cannot be cut (HF/timm towers, fewer blocks than stages).
+    """
+    visual = model.visual
+    if _vision_kind(visual) == "vit":
+        groups = split_evenly(len(visual.transformer.resblocks), stages)
+        image = [VitStage(visual, g, i, stages) for i, g in enumerate(groups)]
+    else:
+        if stages > 4:
+            raise ValueError(f"a ModifiedResNet has 4 residual layers; cannot cut it into {stages} stages")
+        image = [ResNetStage(visual, g, i, stages) for i, g in enumerate(split_evenly(4, stages))]
+    if not (hasattr(model, "token_embedding") and hasattr(model, "transformer")):
+        raise ValueError(
+            f"ENN-ℓ cannot cut the text tower of a {type(model).__name__}: open_clip's own text transformer only"
+        )
+    groups = split_evenly(len(model.transformer.resblocks), stages)
+    text = [TextStage(model, g, i, stages) for i, g in enumerate(groups)]
+    return image, text
+
+
+def staged_forward(stages: list[TowerStage], x: Tensor, tokens: Tensor | None = None) -> Tensor:
+    """Run a list of stages in order (inference / checks): equal to the tower's forward."""
+    for stage in stages:
+        x = stage(x, tokens)
+    return x

@@ -1,0 +1,219 @@
+"""A local-learning unit: stage k of both towers, trained on its own contrastive loss with its own optimizer.
+
+Unit k reads the *detached* outputs of unit k−1 for batch t, computes its local loss (stage-k image and
+text features through its head, symmetric InfoNCE, + λ × the ENN orthogonality penalty of its own
+weights), steps its own optimizer and scheduler, and hands its detached outputs on. No gradient ever
+crosses a unit boundary, so unit k's update for batch t depends only on its inputs for batch t — which is
+what lets units run pipelined in separate processes without any staleness (see `enn.local.pipeline`).
+The last unit trains the model's real head (ln/pool/projection) on the ordinary CLIP loss with the
+model's own `logit_scale`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from enn.local.heads import LocalHead
+from enn.local.stages import TowerStage, split_clip
+from enn.orthogonality import orthogonality_loss
+
+# (image input, text input, token ids) of one micro-batch; stage 0 gets (pixels, ids, ids).
+Micro = tuple[Tensor, Tensor, Tensor]
+# loss_fn(image_features, text_features, logit_scale.exp()) -> scalar, e.g. open_clip's ClipLoss.
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+class LocalUnit(nn.Module):
+    """Stage `index` of the image and text towers + its local head (or, last, the model's logit scale).
+
+    Call `attach(optimizer, scheduler)` once built, then `train_step(micro_batches)` per optimizer step.
+    """
+
+    def __init__(
+        self,
+        image: TowerStage,
+        text: TowerStage,
+        loss_fn: LossFn,
+        head: LocalHead | None = None,
+        logit_scale: nn.Parameter | None = None,
+        ortho_weight: float = 0.0,
+        grad_clip: float | None = None,
+        max_logit_scale: float = 100.0,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
+        super().__init__()
+        if image.index != text.index or image.count != text.count:
+            raise ValueError("a unit pairs the image and text stages of the same index")
+        self.index, self.count = image.index, image.count
+        self.image, self.text = image, text
+        if image.is_last:
+            if logit_scale is None:
+                raise ValueError("the last unit trains the model's logit_scale: pass it")
+            self.logit_scale = logit_scale
+        elif head is None:
+            raise ValueError(f"unit {self.index} is not the last one: it needs a local head")
+        self.head = head if not image.is_last else None
+        self._loss_fn = (loss_fn,)  # a tuple: the loss is not part of this module's state
+        self.ortho_weight, self.grad_clip, self.max_logit_scale = ortho_weight, grad_clip, max_logit_scale
+        self.autocast = autocast
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.state_keys: dict[str, Tensor] = {}  # model state_dict key -> tensor this unit owns
+
+    @property
+    def is_last(self) -> bool:
+        return self.image.is_last
+
+    def attach(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """Give the unit its own optimizer (over `self.parameters()`) and learning-rate schedule."""
+        self.optimizer, self.scheduler = optimizer, scheduler
+
+    def model_tensors(self) -> list[Tensor]:
+        """Parameters and buffers of the CLIP model this unit owns (not its local head)."""
+        own = [*self.image.parameters(), *self.image.buffers(), *self.text.parameters(), *self.text.buffers()]
+        return [*own, self.logit_scale] if self.is_last else own
+
+    def forward(self, micro: Micro) -> tuple[Tensor, Tensor, Tensor]:
+        """(image output, text output, contrastive loss) of one micro-batch; inputs are detached here."""
+        device = next(self.parameters()).device
+        image, text, tokens = (t.detach().to(device, non_blocking=True) for t in micro)
+        with self.autocast():
+            image = self.image(image, tokens)
+            text = self.text(text, tokens)
+            if self.is_last:
+                img_feat, txt_feat = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+                scale = self.logit_scale
+            else:
+                img_feat, txt_feat = self.head(self.image.pool(image, tokens), self.text.pool(text, tokens))
+                scale = self.head.logit_scale
+            loss = self._loss_fn[0](img_feat, txt_feat, scale.exp())
+        return image, text, loss
+
+    def train_step(self, micro_batches: Sequence[Micro]) -> tuple[list[Micro], dict[str, float]]:
+        """One optimizer step over `micro_batches` (gradients accumulated); returns the detached outputs
+        (the next unit's inputs) and this unit's metrics (`stage{k}_*`)."""
+        if self.optimizer is None:
+            raise RuntimeError(f"unit {self.index} has no optimizer: call attach() first")
+        self.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        outputs, contrastive = [], 0.0
+        n = len(micro_batches)
+        for micro in micro_batches:
+            image, text, loss = self(micro)
+            (loss / n).backward()
+            contrastive += float(loss.detach()) / n
+            outputs.append((image.detach(), text.detach(), micro[2]))
+        # The penalty does not depend on the data: once per step, not per micro-batch.
+        penalty = orthogonality_loss(self.image) + orthogonality_loss(self.text)
+        if self.ortho_weight and penalty.requires_grad:
+            (self.ortho_weight * penalty).backward()
+        params = [p for p in self.parameters() if p.grad is not None]
+        if self.grad_clip:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        scale = self.logit_scale if self.is_last else self.head.logit_scale
+        with torch.no_grad():
+            scale.clamp_(0, math.log(self.max_logit_scale))
+        k = self.index
+        metrics = {
+            f"stage{k}_contrastive": contrastive,
+            f"stage{k}_penalty": float(penalty.detach()),
+            f"stage{k}_grad_norm": grad_norm,
+            f"stage{k}_logit_scale": float(scale.detach().exp()),
+        }
+        return outputs, metrics
+
+    def training_state(self) -> dict[str, Any]:
+        """Optimizer, scheduler and head state (deep copies: safe to send while training goes on)."""
+        return copy.deepcopy({
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "head": self.head.state_dict() if self.head is not None else None,
+        })
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Inverse of `training_state`."""
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state["head"] is not None:
+            self.head.load_state_dict(state["head"])
+
+    def model_state(self) -> dict[str, Tensor]:
+        """This unit's share of the model state_dict (CPU copies), keyed as in the whole model."""
+        return {key: t.detach().to("cpu", copy=True) for key, t in self.state_keys.items()}
+
+
+def bind_state_keys(model: nn.Module, units: Sequence[LocalUnit]) -> None:
+    """Record in each unit which model state_dict entries it owns; check they partition the state.
+
+    Raises ValueError if an entry is owned by no unit or by two (a stage cut that misses or shares a
+    tensor would silently leave it untrained, or train it twice).
+    """
+    by_id = {id(t): key for key, t in model.state_dict(keep_vars=True).items()}
+    owner: dict[str, int] = {}
+    for unit in units:
+        unit.state_keys = {}
+        for t in unit.model_tensors():
+            key = by_id.get(id(t))
+            if key is None:
+                continue  # e.g. the text stages' non-persistent causal mask
+            if owner.setdefault(key, unit.index) != unit.index:
+                raise ValueError(f"{key} is owned by units {owner[key]} and {unit.index}")
+            unit.state_keys[key] = t
+    if len(units) == units[0].count:
+        missing = sorted(set(by_id.values()) - set(owner))
+        if missing:
+            raise ValueError(f"no stage owns {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+
+
+def run_units(units: Sequence[LocalUnit], micro_batches: Sequence[Micro]) -> dict[str, float]:
+    """One ENN-ℓ training step in this process: each unit in turn trains on the step's batch and passes
+    its detached outputs to the next (the sequential reference the pipeline must reproduce)."""
+    metrics: dict[str, float] = {}
+    for unit in units:
+        micro_batches, unit_metrics = unit.train_step(micro_batches)
+        metrics.update(unit_metrics)
+    return metrics
+
+
+def make_units(
+    model: nn.Module,
+    stages: int,
+    loss_fn: LossFn,
+    head: str = "random",
+    init_logit_scale: float = math.log(1 / 0.07),
+    seed: int = 0,
+    only: Sequence[int] | None = None,
+    **unit_kwargs: Any,
+) -> list[LocalUnit]:
+    """Cut `model` (an open_clip CLIP) into `stages` units with local heads; `only` keeps a subset.
+
+    Heads are seeded by (`seed`, unit index), so every process builds the same ones. `unit_kwargs` go
+    to `LocalUnit` (ortho_weight, grad_clip, max_logit_scale, autocast). Attach optimizers afterwards.
+    """
+    image, text = split_clip(model, stages)
+    dim = int(model.visual.output_dim)  # the shared embedding size (ViT and ModifiedResNet both record it)
+    units = []
+    for k in only if only is not None else range(stages):
+        local_head = None
+        if k < stages - 1:
+            local_head = LocalHead(image[k].width, text[k].width, dim, head, init_logit_scale, seed * 1009 + k)
+        scale = model.logit_scale if k == stages - 1 else None
+        units.append(LocalUnit(image[k], text[k], loss_fn, local_head, scale, **unit_kwargs))
+    bind_state_keys(model, units)
+    return units

@@ -1,0 +1,167 @@
+"""ENN-ℓ stages and units: exact staged forward, ownership, detached boundaries, frozen heads."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import open_clip
+import pytest
+import torch
+from open_clip.loss import ClipLoss
+
+import enn
+from enn.local import make_units, run_units, split_clip, staged_forward
+
+TINY_VIT = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 5, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 500, "width": 48, "heads": 4, "layers": 4},
+}
+TINY_RESNET = {**TINY_VIT, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16}}
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: these tensors are tiny, and the pipeline's processes use one thread each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def _pristine(name: str, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return enn.convert(open_clip.CLIP(**copy.deepcopy(TINY_VIT if name == "vit" else TINY_RESNET)))
+
+
+def tiny_clip(cfg: dict = TINY_VIT, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised, ENN-converted tiny open_clip CLIP (a fresh copy: converting is slow)."""
+    return copy.deepcopy(_pristine("vit" if cfg is TINY_VIT else "resnet", seed))
+
+
+def batch(image_size: int = 32, n: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and token ids with an EOT-like maximum at varying positions (as real captions have)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, 400, (n, 16), generator=g)
+    for i in range(n):
+        tokens[i, 3 + i % 10] = 499  # the "EOT" the argmax pooling picks
+        tokens[i, 4 + i % 10 :] = 0
+    return torch.randn(n, 3, image_size, image_size, generator=g), tokens
+
+
+def attach_adamw(units, lr: float = 1e-3) -> None:
+    for unit in units:
+        unit.attach(torch.optim.AdamW(unit.parameters(), lr=lr), None)
+
+
+@pytest.mark.parametrize("stages", [1, 2, 4])
+def test_composed_vit_and_text_stages_equal_the_model_forward(stages: int) -> None:
+    model = tiny_clip().eval()
+    images, tokens = batch()
+    image, text = split_clip(model, stages)
+    with torch.no_grad():
+        assert torch.equal(staged_forward(image, images), model.encode_image(images))
+        assert torch.equal(staged_forward(text, tokens, tokens), model.encode_text(tokens))
+
+
+@pytest.mark.parametrize("stages", [2, 4])
+def test_composed_resnet_stages_equal_the_model_forward(stages: int) -> None:
+    model = tiny_clip(TINY_RESNET).eval()
+    images, _ = batch(image_size=64)
+    image, _ = split_clip(model, stages)
+    with torch.no_grad():
+        assert torch.equal(staged_forward(image, images), model.encode_image(images))
+
+
+def test_blocks_are_grouped_evenly_and_every_tensor_has_one_owner() -> None:
+    model = tiny_clip()
+    image, text = split_clip(model, 4)
+    assert [len(s.blocks) for s in image] == [1, 1, 1, 2]  # 5 blocks: the spare one goes last
+    assert [len(s.blocks) for s in text] == [1, 1, 1, 1]
+    units = make_units(model, 4, ClipLoss())
+    owned = [key for u in units for key in u.state_keys]
+    assert sorted(owned) == sorted(model.state_dict())  # a partition: nothing missed, nothing shared
+    assert "token_embedding.weight" in units[0].state_keys and "logit_scale" in units[-1].state_keys
+
+
+def test_towers_that_cannot_be_cut_are_refused() -> None:
+    with pytest.raises(ValueError, match="cannot split 4 blocks into 5"):
+        split_clip(tiny_clip(), 5)
+    with pytest.raises(ValueError, match="4 residual layers"):
+        split_clip(tiny_clip(TINY_RESNET), 5)
+
+
+def test_no_gradient_crosses_a_stage_boundary() -> None:
+    model = tiny_clip()
+    units = make_units(model, 2, ClipLoss())
+    attach_adamw(units)
+    images, tokens = batch()
+    first, second = units
+    image_out, text_out, loss = first((images, tokens, tokens))  # outputs still attached to stage 0's graph
+    assert image_out.requires_grad and text_out.requires_grad
+    before = copy.deepcopy(second.state_dict())
+    second.train_step([(image_out, text_out, tokens)])
+    assert all(p.grad is None for p in first.parameters())  # stage 1's backward stopped at its inputs
+    assert any(not torch.equal(before[k], v) for k, v in second.state_dict().items())  # but stage 1 learned
+    loss.backward()  # stage 0's own graph is intact and still differentiable
+    assert all(p.grad is not None for p in first.image.blocks.parameters())
+
+
+def test_random_local_heads_stay_frozen_and_learned_ones_train() -> None:
+    images, tokens = batch()
+    for kind, frozen in (("random", True), ("learned", False)):
+        units = make_units(tiny_clip(), 3, ClipLoss(), head=kind)
+        attach_adamw(units)
+        heads = [u.head for u in units[:-1]]
+        start = [(h.image_proj.clone(), h.text_proj.clone()) for h in heads]
+        for _ in range(3):
+            run_units(units, [(images, tokens, tokens)])
+        for head, (img0, txt0) in zip(heads, start, strict=True):
+            assert torch.equal(head.image_proj, img0) == frozen
+            assert torch.equal(head.text_proj, txt0) == frozen
+            optimised = {id(p) for u in units for g in u.optimizer.param_groups for p in g["params"]}
+            assert (id(head.image_proj) in optimised) != frozen
+
+
+def test_local_heads_are_the_same_in_every_process_and_orthonormal() -> None:
+    a = make_units(tiny_clip(seed=0), 3, ClipLoss(), seed=7)
+    b = make_units(tiny_clip(seed=1), 3, ClipLoss(), seed=7, only=[1])
+    assert torch.equal(a[1].head.image_proj, b[0].head.image_proj)
+    proj = a[0].head.image_proj  # 64 → 32: orthonormal columns
+    assert torch.allclose(proj.T @ proj, torch.eye(32), atol=1e-5)
+    assert not torch.equal(a[0].head.image_proj, a[1].head.image_proj[: proj.shape[0]])
+
+
+def test_local_training_lowers_every_stage_loss() -> None:
+    torch.manual_seed(0)
+    model = tiny_clip()
+    units = make_units(model, 3, ClipLoss(), ortho_weight=1e-3, grad_clip=1.0)
+    attach_adamw(units, lr=3e-3)
+    images, tokens = batch(n=8)
+    first = run_units(units, [(images, tokens, tokens)])
+    for _ in range(15):
+        last = run_units(units, [(images, tokens, tokens)])
+    for k in range(3):
+        assert last[f"stage{k}_contrastive"] < 0.5 * first[f"stage{k}_contrastive"]
+
+
+def test_micro_batches_accumulate_the_gradient_of_their_mean_loss() -> None:
+    images, tokens = batch(n=8)
+    model = tiny_clip()
+    reference = copy.deepcopy(model)
+    unit = make_units(model, 2, ClipLoss(), only=[0])[0]
+    unit.attach(torch.optim.SGD(unit.parameters(), lr=0.1), None)
+    ref_unit = make_units(reference, 2, ClipLoss(), only=[0])[0]
+    micro = [(images[:4], tokens[:4], tokens[:4]), (images[4:], tokens[4:], tokens[4:])]
+    outputs, _ = unit.train_step(micro)
+    ((ref_unit(micro[0])[2] + ref_unit(micro[1])[2]) / 2).backward()  # plain SGD on the mean loss, by hand
+    with torch.no_grad():
+        for p in ref_unit.parameters():
+            if p.grad is not None:
+                p -= 0.1 * p.grad
+    assert [o[0].shape[0] for o in outputs] == [4, 4]
+    for key, value in reference.state_dict().items():
+        assert torch.allclose(model.state_dict()[key], value, atol=1e-6), key
+    assert not torch.equal(model.visual.class_embedding, _pristine("vit", 0).visual.class_embedding)
