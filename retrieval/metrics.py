@@ -61,7 +61,10 @@ def retrieval_ranks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """1-based ranks: (N,) of each image's best caption among all captions, (M,) of each caption's image."""
     images, texts = _as_matrix(image_emb, "image_emb"), _as_matrix(text_emb, "text_emb")
-    owner = torch.as_tensor(np.asarray(text_to_image), dtype=torch.long)
+    if isinstance(text_to_image, torch.Tensor):
+        owner = text_to_image.detach().long()
+    else:
+        owner = torch.as_tensor(np.asarray(text_to_image), dtype=torch.long)
     n, m = images.shape[0], texts.shape[0]
     _check(images, texts, owner)
     owner = owner.to(images.device)

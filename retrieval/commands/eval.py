@@ -59,6 +59,8 @@ def main(argv: list[str]) -> int:
         raise UserError("give --data (only a --checkpoint can supply the dataset of its training config)")
     cfg_data = data_section(args, base=loaded.config["data"] if loaded is not None else None)
     eval_set = load_eval_set(cfg_data, args.split)
+    if args.coco_1k and eval_set.n_images < 5:
+        raise UserError(f"--coco-1k needs at least 5 images in split {args.split!r}, found {eval_set.n_images}")
 
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     seconds: dict[str, float] = {}
