@@ -85,8 +85,8 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv)
                 rate = n * batch_size / elapsed
                 record = log_train(setup, progress, {
                     **{key: value / n for key, value in window.items()},
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "temperature": math.exp(-float(model.logit_scale)),
+                    "lr": result.lr,
+                    "temperature": math.exp(-float(model.logit_scale.detach())),
                     "grad_norm": result.grad_norm,
                     "samples_per_s": round(rate, 1),
                 })

@@ -54,12 +54,13 @@ def clamp_logit_scale(model: nn.Module, max_logit_scale: float) -> None:
 
 @dataclass
 class StepResult:
-    """What one optimizer step reports: mean micro-batch losses and the gradient norm before clipping."""
+    """What one optimizer step reports: mean micro-batch losses, gradient norm before clipping, the lr used."""
 
     loss: float
     contrastive: float
     penalty: float
     grad_norm: float
+    lr: float
 
 
 def forward_loss(
@@ -110,9 +111,10 @@ def train_step(
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float(clip)))
     else:
         grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+    lr = float(optimizer.param_groups[0]["lr"])
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
     clamp_logit_scale(core, float(train_cfg["max_logit_scale"]))
     contrastive_mean, penalty_mean = contrastive_sum / n, penalty_sum / n
-    return StepResult(contrastive_mean + lam * penalty_mean, contrastive_mean, penalty_mean, grad_norm)
+    return StepResult(contrastive_mean + lam * penalty_mean, contrastive_mean, penalty_mean, grad_norm, lr)

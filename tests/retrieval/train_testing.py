@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from retrieval.config import load_config
@@ -51,3 +52,13 @@ def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
     """max |a − b| over all floating tensors (the key sets must agree)."""
     assert a.keys() == b.keys()
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Train with one intra-op thread: the tiny models' ops are too small to share, and on a busy 2-core
+    machine two spinning OpenMP threads per process cost far more than they give."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
