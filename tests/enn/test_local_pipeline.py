@@ -125,8 +125,8 @@ def _zombie(pid: int) -> bool:
 @pytest.mark.timeout(120)
 def test_an_exception_in_a_stage_is_reported_with_its_traceback() -> None:
     state = tiny_clip().state_dict()
-    with LocalPipeline(functools.partial(failing_factory, state), group_units(STAGES, 2), ["cpu", "cpu"]) as pipe:
-        with pytest.raises(PipelineError, match="(?s)stage process 1 .*FloatingPointError: loss went NaN"):
-            for t, micro in enumerate(steps(3)):
-                pipe.submit(t, micro)
-            pipe.finish()
+    pipe = LocalPipeline(functools.partial(failing_factory, state), group_units(STAGES, 2), ["cpu", "cpu"])
+    with pipe, pytest.raises(PipelineError, match="(?s)stage process 1 .*FloatingPointError: loss went NaN"):
+        for t, micro in enumerate(steps(3)):
+            pipe.submit(t, micro)
+        pipe.finish()
