@@ -120,13 +120,18 @@ def save_last(setup: RunSetup, cfg: dict[str, Any], trainables: Trainables, prog
 
 
 def log_train(setup: RunSetup, progress: Progress, values: Mapping[str, Any]) -> dict[str, Any]:
-    """Append a `"kind": "train"` record (rank 0) with step, epoch, wall time, orthogonality error + `values`."""
+    """Append a `"kind": "train"` record (rank 0) with step, epoch, wall time, orthogonality error + `values`.
+
+    A trainer whose live weights are elsewhere (ENN-ℓ pipelined: in the stage processes) passes its own
+    `orthogonality_error` in `values`; otherwise it is measured on `setup.towers.model`.
+    """
     record = {
         "kind": "train",
         "step": progress.step,
         "epoch": progress.epoch,
         **values,
-        "orthogonality_error": enn.orthogonality_error(setup.towers.model),
+        "orthogonality_error": values["orthogonality_error"] if "orthogonality_error" in values
+        else enn.orthogonality_error(setup.towers.model),
         "wall_s": round(wall_time(setup, progress), 3),
     }
     if setup.env.is_main:
