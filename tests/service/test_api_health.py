@@ -1,0 +1,49 @@
+"""Probes, metrics, readiness before the lifespan runs, the web page route."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from service_testing import make_settings
+
+from service.app import create_app
+
+
+def test_not_ready_until_loaded(index_dir, checkpoint):
+    app = create_app(make_settings(index_dir, checkpoint))
+    bare = TestClient(app)  # not entered: the lifespan (model and index loading) has not run
+    assert bare.get("/healthz").json() == {"status": "ok"}
+    assert bare.get("/readyz").status_code == 503
+    assert bare.post("/v1/search", json={"text": "x"}).status_code == 503
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200
+
+
+def test_metrics_count_requests_batches_and_index_size(client):
+    client.post("/v1/search", json={"text": "a red square", "k": 3})
+    client.post("/v1/search", json={"text": "", "k": 3})
+    text = client.get("/metrics").text
+    assert 'retrieval_http_requests_total{method="POST",route="/v1/search",status="200"}' in text
+    assert 'retrieval_http_requests_total{method="POST",route="/v1/search",status="422"}' in text
+    assert 'retrieval_http_request_seconds_bucket{le="0.01",route="/v1/search"}' in text
+    assert 'retrieval_encode_batch_size_count{batcher="text"}' in text
+    assert 'retrieval_encode_queue_depth{batcher="image"} 0.0' in text
+    assert 'retrieval_index_items{modality="image"} 30.0' in text
+
+
+def test_openapi_documents_every_route(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/healthz", "/readyz", "/metrics", "/v1/info", "/v1/embed/text", "/v1/embed/image", "/v1/search",
+                 "/v1/search/image", "/v1/items", "/v1/items/{item_id}", "/v1/items/{item_id}/image",
+                 "/knn-service", "/indices-list"):
+        assert path in paths, path
+    assert "multipart/form-data" in paths["/v1/items"]["post"]["requestBody"]["content"]
+
+
+def test_web_page_route_serves_the_page_or_says_it_is_missing(client):
+    from service.routes.web import STATIC
+
+    response = client.get("/")
+    if (STATIC / "index.html").is_file():
+        assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    else:
+        assert response.status_code == 404 and "not installed" in response.json()["detail"]
