@@ -1,9 +1,9 @@
 """Contrastive training of ENN towers: the backprop trainer and the pieces other trainers reuse.
 
 `train_bp` is `training.method: bp`; ENN-ℓ (`training.method: local`) lives in `retrieval.train.local` and
-reuses data (`build_train_data`; validation data: `retrieval.evaluate.load_eval_set`), optimizer/schedule (`build_optimizer`, `build_scheduler`),
-the run session (`prepare_run`, `log_train`, `save_last`, `end_of_block`, `validate`) and checkpoint state
-(`Progress`, `Trainables`, `save_training_state`, `load_training_state`).
+reuses data (`build_train_data`), optimizer/schedule (`build_optimizer`, `build_scheduler`), the run
+session (`prepare_run`, `log_train`, `save_last`, `end_of_block`, `validate`) and checkpoint state
+(`Progress`, `Trainables`, `save_training_state`, `restore_training_state` with `RunSetup.resume_state`).
 """
 
 from retrieval.train.data import TrainData, build_train_data, load_train_records
@@ -12,7 +12,14 @@ from retrieval.train.loop import train_bp
 from retrieval.train.optim import build_optimizer, build_scheduler, param_groups
 from retrieval.train.run_dir import RunDir, plot_curves
 from retrieval.train.session import RunSetup, end_of_block, log_train, prepare_run, save_last, validate
-from retrieval.train.state import Progress, Trainables, load_training_state, save_training_state
+from retrieval.train.state import (
+    Progress,
+    Trainables,
+    load_training_state,
+    read_resume_point,
+    restore_training_state,
+    save_training_state,
+)
 from retrieval.train.step import build_loss, clamp_logit_scale, penalty_weight, train_step
 
 __all__ = [
@@ -36,6 +43,8 @@ __all__ = [
     "penalty_weight",
     "plot_curves",
     "prepare_run",
+    "read_resume_point",
+    "restore_training_state",
     "save_last",
     "save_training_state",
     "shutdown",

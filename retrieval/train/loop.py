@@ -20,7 +20,7 @@ from retrieval.train.data import build_train_data
 from retrieval.train.distributed import DistEnv, init_distributed, shutdown
 from retrieval.train.optim import build_optimizer, build_scheduler
 from retrieval.train.session import end_of_block, log_train, prepare_run, save_last, wall_time
-from retrieval.train.state import Progress, Trainables, load_training_state
+from retrieval.train.state import Progress, Trainables, restore_training_state
 from retrieval.train.step import build_loss, train_step
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,9 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv)
     scheduler = build_scheduler(optimizer, train_cfg, total_steps)
     trainables = Trainables([optimizer], [scheduler])
     progress = Progress()
-    if resume:
-        progress = load_training_state(setup.run.last, setup.towers, cfg, trainables)
+    if setup.resume_state is not None:
+        progress = restore_training_state(setup.resume_state, setup.towers, trainables)
+        setup.resume_state = None  # free the checkpoint's tensors
         if env.is_main:
             setup.run.truncate_metrics(progress.step)  # steps after last.pt are redone and logged again
     forward = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None) \

@@ -28,7 +28,7 @@ from retrieval.model import Towers, build_towers
 from retrieval.train.data import load_train_records
 from retrieval.train.distributed import DistEnv
 from retrieval.train.run_dir import RunDir
-from retrieval.train.state import Progress, Trainables, save_training_state
+from retrieval.train.state import Progress, Trainables, read_resume_point, save_training_state
 from retrieval.train.step import set_temperature
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class RunSetup:
     train_records: list[ImageRecord]
     val_set: EvalSet | None
     started: float  # time.perf_counter() at set-up, for wall-time accounting
+    resume_state: dict[str, Any] | None = None  # the checked last.pt payload when resuming (restore_training_state)
 
 
 def seed_everything(seed: int) -> None:
@@ -57,12 +58,12 @@ def prepare_run(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: Dis
     """Check inputs (resume point, data files, splits) before any work, seed, build towers, write config.yaml.
 
     Fresh runs start the temperature at `training.init_temperature` (unless `model.pretrained` brings
-    its own). Raises UserError for: --resume without RUN_DIR/checkpoints/last.pt, a missing data file or
-    image folder, an empty split.
+    its own). Raises UserError for: --resume without RUN_DIR/checkpoints/last.pt or with a different
+    model/enn/data config, a fresh run into a used RUN_DIR, a missing data file or image folder, an empty
+    split. When resuming, `resume_state` holds the checkpoint for `restore_training_state`.
     """
     run = RunDir(out_dir)
-    if resume and not run.last.is_file():
-        raise UserError(f"--resume: no checkpoint to resume from: {run.last} does not exist")
+    resume_state = read_resume_point(run.last, cfg) if resume else None
     if not resume and run.last.is_file():
         raise UserError(f"{run.root} already holds a run (checkpoints/last.pt); pass --resume or another --out")
     train_records = load_train_records(cfg)
@@ -76,7 +77,7 @@ def prepare_run(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: Dis
     if env.is_main:
         run.root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config)
-    return RunSetup(run, env, towers, train_records, val_set, time.perf_counter())
+    return RunSetup(run, env, towers, train_records, val_set, time.perf_counter(), resume_state)
 
 
 def validate(towers: Towers, cfg: Mapping[str, Any], eval_set: EvalSet, device: torch.device) -> dict[str, float]:

@@ -99,18 +99,29 @@ def check_resumable(payload: dict[str, Any], config: dict[str, Any], path: Path)
         raise UserError(f"--resume: {path} holds no training state (not written by `retrieval train`)")
 
 
-def load_training_state(path: str | Path, towers: Towers, config: dict[str, Any], trainables: Trainables) -> Progress:
-    """Restore model, optimizer(s), scheduler(s) and RNG states from `path`; returns the saved progress."""
+def read_resume_point(path: str | Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Load a run's last.pt for resuming and check it fits `config` (before any model is built)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--resume: no checkpoint to resume from: {path} does not exist")
     payload = read_checkpoint(path)
     check_resumable(payload, config, path)
+    payload["path"] = str(path)
+    return payload
+
+
+def restore_training_state(payload: dict[str, Any], towers: Towers, trainables: Trainables) -> Progress:
+    """Put model, optimizer(s), scheduler(s), extra modules and RNG states back; returns the saved progress.
+
+    `payload` comes from `read_resume_point`. Call it after building optimizers/schedulers as for a fresh
+    run (the same parameter groups), and before wrapping the model in DDP.
+    """
+    where = payload.get("path", "the checkpoint")
     towers.model.load_state_dict(payload["model"], strict=True)
     optimizers = payload["optimizer"] if isinstance(payload["optimizer"], list) else [payload["optimizer"]]
     schedulers = payload["scheduler"] if isinstance(payload["scheduler"], list) else [payload["scheduler"]]
     if len(optimizers) != len(trainables.optimizers) or len(schedulers) != len(trainables.schedulers):
-        raise UserError(f"--resume: {path} was saved with a different number of optimizers (another method?)")
+        raise UserError(f"--resume: {where} was saved with a different number of optimizers (another method?)")
     for optimizer, state in zip(trainables.optimizers, optimizers, strict=True):
         optimizer.load_state_dict(state)
     for scheduler, state in zip(trainables.schedulers, schedulers, strict=True):
@@ -118,10 +129,15 @@ def load_training_state(path: str | Path, towers: Towers, config: dict[str, Any]
     extra_state = payload.get("extra_state", {})
     for name, module in trainables.extra.items():
         if name not in extra_state:
-            raise UserError(f"--resume: {path} has no saved state for {name!r}")
+            raise UserError(f"--resume: {where} has no saved state for {name!r}")
         module.load_state_dict(extra_state[name])
     set_rng_state(payload["rng"])
     progress = Progress(**payload["progress"])
-    log.info("resuming from %s at step %d (epoch %d, batch %d)", path, progress.step, progress.epoch,
+    log.info("resuming from %s at step %d (epoch %d, batch %d)", where, progress.step, progress.epoch,
              progress.batch_in_epoch)
     return progress
+
+
+def load_training_state(path: str | Path, towers: Towers, config: dict[str, Any], trainables: Trainables) -> Progress:
+    """`read_resume_point` + `restore_training_state` in one call (when `prepare_run`'s payload is not at hand)."""
+    return restore_training_state(read_resume_point(path, config), towers, trainables)
