@@ -20,8 +20,6 @@ from service_testing import LiveServer, make_settings
 
 from service.app import create_app
 
-pytestmark = pytest.mark.slow
-
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 INSTALLER = Path(__file__).resolve().parents[2] / "scripts" / "install_browser.sh"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -107,10 +105,11 @@ def test_text_query_shows_image_thumbnails_then_captions(browser, server, tmp_pa
     _wait(browser, lambda d: d.find_elements("css selector", "#results .text-result"), "text results")
     captions = [el.text for el in browser.find_elements("css selector", "#results .text-result .caption")]
     assert len(captions) == K and all(captions)
+    browser.save_screenshot(str(tmp_path / "text-to-text.png"))
     assert _result_ids(browser) == _api_search(server, text="a red circle above a blue square", target="text")
 
 
-def test_image_query_finds_the_same_image_first(browser, server, dataset: Path):
+def test_image_query_finds_the_same_image_first(browser, server, dataset: Path, tmp_path):
     browser.get(server.url + "/")
     _wait(browser, lambda d: "model" in d.find_element("id", "info").text, "the info line")
     record = json.loads(dataset.read_text())["images"][3]
@@ -122,9 +121,10 @@ def test_image_query_finds_the_same_image_first(browser, server, dataset: Path):
     item = httpx.get(f"{server.url}/v1/items/{first.get_attribute('data-id')}", timeout=30).json()
     assert Path(item["uri"]).resolve() == picture.resolve()
     assert float(first.find_element("css selector", ".score").text) > 0.999  # itself, cosine ≈ 1
+    browser.save_screenshot(str(tmp_path / "image-to-image.png"))
 
 
-def test_server_errors_are_shown(browser, server):
+def test_server_errors_are_shown(browser, server, tmp_path):
     browser.get(server.url + "/")
     _wait(browser, lambda d: "model" in d.find_element("id", "info").text, "the info line")
     browser.execute_script("document.getElementById('k').max = ''")  # let the request reach the server
@@ -136,3 +136,4 @@ def test_server_errors_are_shown(browser, server):
                   "the error box")
     assert error.text.startswith("422") and "k" in error.text
     assert not browser.find_elements("css selector", "#results .result")
+    browser.save_screenshot(str(tmp_path / "error.png"))
