@@ -111,8 +111,13 @@ def test_each_shape_renders_in_its_colour_at_its_place():
         assert (corner == 128).all(), shape
 
 
-def test_test_split_does_not_depend_on_the_training_size():
-    small, large = plan(10000, 0), plan(12000, 0)
+@pytest.fixture(scope="module")
+def plan_10k():
+    return plan(10000, 0)
+
+
+def test_test_split_does_not_depend_on_the_training_size(plan_10k):
+    small, large = plan_10k, plan(12000, 0)
     test_small = [p.captions for p in small if p.split == "test"]
     test_large = [p.captions for p in large if p.split == "test"]
     assert test_small == test_large  # the test set does not move when only the training size does
@@ -132,3 +137,39 @@ def test_refuses_to_overwrite_foreign_or_different_data(tmp_path):
         generate(out, n_images=12, size=16, workers=1, progress=False)
     generate(out, n_images=12, size=16, workers=1, overwrite=True, progress=False)
     assert len(list((out / "images").iterdir())) == 12
+
+
+def _oracle_embeddings(planned, bound: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Perfect attribute readers: (colour, shape) pairs when `bound`, else separate colour and shape bags."""
+    colours, shapes = list(COLOURS), list(SHAPES)
+    synonyms = {"disc": "circle", "block": "square", "rhombus": "diamond", "plus sign": "cross"}
+    pattern = re.compile(rf"\b({'|'.join(colours)}) ({'|'.join(shapes)})\b")
+
+    def vector(pairs) -> np.ndarray:
+        v = np.zeros(48 if bound else 14, np.float32)
+        for colour, shape in pairs:
+            if bound:
+                v[colours.index(colour) * 6 + shapes.index(shape)] = 1
+            else:
+                v[colours.index(colour)] = v[8 + shapes.index(shape)] = 1
+        return v / np.linalg.norm(v)
+
+    images, texts, owner = [], [], []
+    for i, p in enumerate(planned):
+        images.append(vector((o.colour, o.shape) for o in p.scene.objects))
+        for caption in p.captions:
+            for word, canonical in synonyms.items():
+                caption = caption.replace(word, canonical)
+            texts.append(vector(pattern.findall(caption)))
+            owner.append(i)
+    return np.stack(images), np.stack(texts), np.array(owner)
+
+
+def test_reading_attributes_without_binding_them_is_not_enough(plan_10k):
+    from retrieval.metrics import retrieval_metrics
+
+    test_split = [p for p in plan_10k if p.split == "test"]  # scenes and captions only, no pixels
+    bound = retrieval_metrics(*_oracle_embeddings(test_split, bound=True))
+    bag = retrieval_metrics(*_oracle_embeddings(test_split, bound=False))
+    # an oracle that knows every colour and shape but not which goes with which loses much of R@1
+    assert bound["i2t_r1"] > bag["i2t_r1"] + 15 and bound["t2i_r1"] > bag["t2i_r1"] + 5
