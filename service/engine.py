@@ -12,6 +12,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
@@ -134,6 +135,8 @@ class Engine:
 
 def load_engine(settings: Settings) -> Engine:
     """Load the model and the index (refusing an index built by another model)."""
+    # One query per search call: FAISS's OpenMP threads would only spin against the encoder for the cores.
+    faiss.omp_set_num_threads(1)
     encoder = make_encoder(settings)
     index = IndexDir(settings.index_dir, mmap=settings.mmap, fingerprint=encoder.fingerprint)
     if index.dim != encoder.embed_dim:

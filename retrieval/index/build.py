@@ -13,6 +13,7 @@ from retrieval.errors import UserError
 from retrieval.index.collection import Collection
 from retrieval.index.factory import (
     KINDS,
+    MIN_IVFPQ_ITEMS,
     choose_kind,
     default_params,
     factory_string,
@@ -45,7 +46,8 @@ def build_index(
 ) -> Manifest:
     """Write INDEX_DIR `out` from a finished embeddings folder; returns its manifest.
 
-    `kind`: auto | flat | hnsw | ivfpq (per modality; an empty modality is always flat). `params`
+    `kind`: auto | flat | hnsw | ivfpq, per modality (an empty modality, or one too small to train IVF-PQ,
+    is flat). `params`
     override the kind's build parameters (M, efConstruction, nlist, pq_m, nbits, refine).
     """
     if kind != "auto" and kind not in KINDS:
@@ -128,6 +130,9 @@ def _build_collection(
     """Build, tune and write one modality's index."""
     n, dim = vectors.shape
     if n == 0:
+        chosen = "flat"
+    elif kind == "ivfpq" and n < MIN_IVFPQ_ITEMS:
+        log.warning("%s: %d vectors are too few to train IVF-PQ (needs %d); using flat", modality, n, MIN_IVFPQ_ITEMS)
         chosen = "flat"
     elif kind == "auto":
         chosen = choose_kind(n, dim) if memory_budget is None else choose_kind(n, dim, memory_budget)
