@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--random-baseline", action="store_true", help="add a row for random unit embeddings")
     parser.add_argument("--coco-1k", action="store_true",
                         help="add the mean over 5 folds of consecutive images (COCO-1K: 5 × 1,000 test images)")
+    parser.add_argument("--index", help="also measure recall through this index folder (its ANN index and exact "
+                        "search over its stored vectors) and the index's recall@10 against exact search")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
@@ -45,6 +47,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.checkpoint is None and not args.random_baseline:
         raise UserError("give --checkpoint (and/or --random-baseline)")
+    if args.index is not None and args.checkpoint is None:
+        raise UserError("--index needs --checkpoint (the model that built the index)")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
 
@@ -83,10 +87,19 @@ def main(argv: list[str]) -> int:
         results[name] = evaluate_embeddings(images, texts, eval_set)
         if args.coco_1k:
             results[f"{name} (5 folds)"] = evaluate_embeddings(images, texts, eval_set, folds=5)
+    index_report = None
+    if args.index is not None:
+        from retrieval.index.evaluate import evaluate_through_index
+
+        index_report = evaluate_through_index(args.index, *embeddings["model"], eval_set, loaded.fingerprint)
+        results.update(index_report["rows"])
     seconds["metrics"] = time.perf_counter() - start
 
     print(f"split {args.split!r} of {cfg_data['path']}: {eval_set.n_images} images, {eval_set.n_captions} captions")
     print(format_table(results))
+    if index_report is not None:
+        overlap = index_report["ann_vs_exact_recall_at_10"]
+        print(f"index recall@10 against exact search: images {overlap['image']:.4f}, captions {overlap['text']:.4f}")
     if args.json:
         report = {
             "data": str(cfg_data["path"]),
@@ -98,6 +111,8 @@ def main(argv: list[str]) -> int:
             "results": results,
             "seconds": seconds,
         }
+        if index_report is not None:
+            report["index"] = {key: index_report[key] for key in ("ann_vs_exact_recall_at_10", "depth")}
         write_json(report, args.json)
     return 0
 
