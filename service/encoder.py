@@ -73,7 +73,8 @@ class TorchEncoder:
         """Load `settings.checkpoint` on `settings.device`."""
         if settings.checkpoint is None:
             raise UserError("runtime torch needs a checkpoint (--checkpoint)")
-        torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
+        # Default: all cores but one, which stays with the event loop (HTTP parsing, JSON, FAISS search).
+        torch.set_num_threads(settings.torch_threads or max(1, (os.cpu_count() or 2) - 1))
         return cls(load_model(settings.checkpoint, device=settings.device))
 
     def preprocess_image(self, image: Image.Image) -> np.ndarray:

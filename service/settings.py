@@ -22,7 +22,7 @@ class Settings:
     runtime: str = "torch"  # torch | onnx (encoders from `retrieval export --format onnx`)
     onnx_dir: Path | None = None  # runtime onnx: the export folder
     device: str = "auto"
-    torch_threads: int | None = None  # intra-op threads for encoding (default: all cores)
+    torch_threads: int | None = None  # intra-op threads for encoding (default: all cores but one)
     api_key: str | None = None  # required (Bearer) for writes; writes are refused when unset
     auth_reads: bool = False  # also require the key for searches, embeddings, info and item reads
     index_name: str | None = None  # name for clip-retrieval's /indices-list (default: the folder name)

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth-reads", action="store_true", default=None, help="require the key for reads too")
     parser.add_argument("--mmap", action="store_true", default=None, help="memory-map the FAISS files (read-only)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--torch-threads", type=int, help="encoder threads (default: all cores)")
+    parser.add_argument("--torch-threads", type=int, help="encoder threads (default: all cores but one)")
     parser.add_argument("--max-k", type=int)
     parser.add_argument("--max-texts", type=int, help="texts or images per request")
     parser.add_argument("--max-body-bytes", type=int)

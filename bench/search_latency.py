@@ -1,0 +1,290 @@
+"""Search latency and throughput of the HTTP service: text→image and image→text over 100k indexed items.
+
+Set-up: the demo model (the best checkpoint under runs/, else a randomly initialised model of the demo
+config; the output says which), a real `retrieval serve` process on 127.0.0.1, and an index of N
+items per modality built by `build_index` (auto kind, tuned to recall@10 ≥ 0.98 against exact search).
+The index vectors are synthetic but shaped like real ones: each is a random mixture of three real
+embeddings of the synth dataset (+ a little noise), so the neighbourhood structure resembles a real
+collection's; queries go through the real encoders (synth captions; synth images as base64).
+
+Load: a bounded asyncio load generator with keep-alive connections (raw HTTP/1.1, so the client costs
+little CPU next to the server on the same cores): 1 client for --requests sequential requests, then 32
+clients for --seconds. It stops by itself. Reported: p50/p99 latency, QPS, errors, the server's peak RSS.
+
+Usage: .venv/bin/python bench/search_latency.py [--items 100000] [--seconds 10] [--checkpoint CKPT]
+Writes bench/results/search_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "search_latency.json"
+TARGETS = {"p50_ms_1_client": 10.0, "p99_ms_1_client": 30.0, "qps_32_clients": 300.0, "recall_at_10": 0.98}
+
+
+def pick_model(given: str | None, work: Path) -> tuple[Path, str]:
+    """The checkpoint to serve and a sentence saying what it is."""
+    if given:
+        return Path(given), f"checkpoint {given}"
+    from retrieval.checkpoint import read_checkpoint
+
+    best = None
+    for path in sorted(ROOT.glob("runs/*/checkpoints/best.pt")):
+        rsum = float((read_checkpoint(path).get("metrics") or {}).get("rsum", -1.0))
+        if best is None or rsum > best[1]:
+            best = (path, rsum)
+    if best is not None:
+        return best[0], f"trained checkpoint {best[0].relative_to(ROOT)} (validation RSUM {best[1]:.1f})"
+    import torch
+
+    from retrieval.checkpoint import save_checkpoint
+    from retrieval.config import load_config
+    from retrieval.model import build_towers
+
+    config_path = ROOT / "configs" / "synth-small.yaml"
+    if not config_path.is_file():
+        config_path = ROOT / "configs" / "synth-tiny.yaml"
+    torch.manual_seed(0)
+    config = load_config(config_path)
+    path = work / f"random-{config_path.stem}.pt"
+    save_checkpoint(path, build_towers(config), config)
+    return path, f"randomly initialised {config_path.relative_to(ROOT)} (no trained checkpoint under runs/)"
+
+
+def synth_dataset(work: Path) -> Path:
+    """The demo dataset if it was generated, else a small synth dataset for queries."""
+    demo = ROOT / "data" / "synth" / "dataset.json"
+    if demo.is_file():
+        return demo
+    from retrieval.data.synth.generate import generate
+
+    return generate(work / "synth", n_images=600, seed=0, progress=False)
+
+
+def build_bench_index(checkpoint: Path, dataset: Path, out: Path, items: int, seed: int = 0) -> tuple[list, list]:
+    """Index `items` synthetic vectors per modality; returns query captions and query image paths."""
+    from retrieval.checkpoint import load_model
+    from retrieval.embed import Embedded, ImageEntry, TextEntry
+    from retrieval.encode import encode_images, encode_texts
+    from retrieval.index import build_index
+
+    entries = json.loads(dataset.read_text())["images"]
+    rng = random.Random(seed)
+    sample = rng.sample(entries, min(400, len(entries)))
+    root = dataset.parent / "images"
+    image_paths = [root / e.get("filepath", "") / e["filename"] for e in sample]
+    captions = [s["raw"] for e in sample for s in e["sentences"]]
+    if (out / "manifest.json").is_file():
+        return captions, image_paths
+    loaded = load_model(checkpoint)
+    real_images = encode_images(loaded, image_paths, batch_size=128)
+    real_texts = encode_texts(loaded, captions, batch_size=256)
+    np_rng = np.random.default_rng(seed)
+
+    def mixtures(real: np.ndarray) -> np.ndarray:
+        picks = np_rng.integers(0, len(real), (items, 3))
+        weights = np_rng.dirichlet(np.ones(3), items).astype(np.float32)
+        mixed = np.einsum("nk,nkd->nd", weights, real[picks]) + 0.02 * np_rng.standard_normal((items, real.shape[1]))
+        return (mixed / np.linalg.norm(mixed, axis=1, keepdims=True)).astype(np.float32)
+
+    embedded = Embedded(
+        folder=out,
+        fingerprint=loaded.fingerprint,
+        dim=loaded.embed_dim,
+        images=[ImageEntry(f"synthetic/{n}.png", f"synthetic image {n}", {}) for n in range(items)],
+        texts=[TextEntry(f"synthetic caption {n}", None, {}) for n in range(items)],
+        image_vectors=mixtures(real_images),
+        text_vectors=mixtures(real_texts),
+    )
+    build_index(out, embedded, kind="auto")
+    return captions, image_paths
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(index: Path, checkpoint: Path, threads: int, log: Path) -> tuple[subprocess.Popen, int]:
+    """`retrieval serve` in its own process; waits until /readyz says ready."""
+    port = free_port()
+    command = [sys.executable, "-m", "retrieval", "serve", "--index", str(index), "--checkpoint", str(checkpoint),
+               "--port", str(port), "--torch-threads", str(threads)]
+    env = {k: v for k, v in os.environ.items() if k != "RETRIEVAL_API_KEY"}
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if asyncio.run(request(port, "GET", "/readyz", b""))[0] == 200:
+                return process, port
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("server did not become ready")
+
+
+async def request(port: int, method: str, path: str, body: bytes, conn=None) -> tuple[int, bytes]:
+    """One HTTP/1.1 request on a fresh or kept-alive connection (reader, writer)."""
+    reader, writer = conn or await asyncio.open_connection("127.0.0.1", port)
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    writer.write(head.encode() + body)
+    header = await reader.readuntil(b"\r\n\r\n")
+    status = int(header.split(b" ", 2)[1])
+    length = next(int(line.split(b":")[1]) for line in header.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    payload = await reader.readexactly(length)
+    if conn is None:
+        writer.close()
+    return status, payload
+
+
+async def run_load(port: int, path: str, bodies: list[bytes], clients: int, requests: int | None,
+                   seconds: float | None) -> dict:
+    """`clients` keep-alive clients sending `bodies` round-robin; per-request latency in ms."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds if seconds else None
+    budget = [requests or 0]
+
+    async def client(offset: int) -> None:
+        nonlocal errors
+        conn = await asyncio.open_connection("127.0.0.1", port)
+        n = offset
+        while True:
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+            if deadline is None:
+                if budget[0] <= 0:
+                    break
+                budget[0] -= 1
+            start = time.perf_counter()
+            status, _ = await request(port, "POST", path, bodies[n % len(bodies)], conn)
+            latencies.append((time.perf_counter() - start) * 1000)
+            errors += status != 200
+            n += clients
+        conn[1].close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    elapsed = time.perf_counter() - start
+    values = np.array(latencies)
+    return {
+        "clients": clients,
+        "requests": len(values),
+        "errors": errors,
+        "seconds": round(elapsed, 2),
+        "qps": round(len(values) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(values, 50)), 2),
+        "p90_ms": round(float(np.percentile(values, 90)), 2),
+        "p99_ms": round(float(np.percentile(values, 99)), 2),
+    }
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM (peak resident set) of a process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=100_000, help="indexed items per modality")
+    parser.add_argument("--requests", type=int, default=400, help="sequential requests of the 1-client runs")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each 32-client run")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="server encoder (torch) threads")
+    parser.add_argument("--checkpoint", help="serve this checkpoint instead of picking one")
+    parser.add_argument("--workdir", default="/tmp/retrieval-bench", help="cached model/index between runs")
+    args = parser.parse_args()
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint, model_note = pick_model(args.checkpoint, work)
+    from retrieval.checkpoint import read_checkpoint
+
+    fingerprint = read_checkpoint(checkpoint)["fingerprint"]
+    index = work / f"index-{fingerprint}-{args.items}"
+    start = time.perf_counter()
+    captions, image_paths = build_bench_index(checkpoint, synth_dataset(work), index, args.items)
+    build_seconds = time.perf_counter() - start
+    manifest = json.loads((index / "manifest.json").read_text())
+
+    text_bodies = [json.dumps({"text": c, "target": "image", "k": 10}).encode() for c in captions]
+    image_bodies = [json.dumps({"image_b64": base64.b64encode(p.read_bytes()).decode(), "target": "text", "k": 10})
+                    .encode() for p in image_paths]
+    process, port = start_server(index, checkpoint, args.threads, work / "server.log")
+    runs = {}
+    try:
+        for name, bodies in (("text→image", text_bodies), ("image→text", image_bodies)):
+            asyncio.run(run_load(port, "/v1/search", bodies, 1, 50, None))  # warm-up
+            runs[name] = {
+                "1 client": asyncio.run(run_load(port, "/v1/search", bodies, 1, args.requests, None)),
+                f"{args.clients} clients": asyncio.run(run_load(port, "/v1/search", bodies, args.clients, None,
+                                                                args.seconds)),
+            }
+        rss = peak_rss_mb(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+    print(f"model: {model_note}")
+    print(f"index: {args.items} items per modality; " + ", ".join(
+        f"{m} {c['kind']} {c['search_params']} recall@10 {c['recall_at_10']}" for m, c in manifest["collections"].items()))
+    print(f"{'query':<12} {'clients':>7} {'requests':>8} {'QPS':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for name, by_clients in runs.items():
+        for result in by_clients.values():
+            print(f"{name:<12} {result['clients']:>7} {result['requests']:>8} {result['qps']:>8.1f} "
+                  f"{result['p50_ms']:>8.2f} {result['p90_ms']:>8.2f} {result['p99_ms']:>8.2f} {result['errors']:>6}")
+    print(f"server peak RSS: {rss:.0f} MiB")
+
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+        "command": "python bench/search_latency.py " + " ".join(sys.argv[1:]),
+        "model": model_note,
+        "fingerprint": fingerprint,
+        "embed_dim": manifest["dim"],
+        "items_per_modality": args.items,
+        "index": {m: {k: c[k] for k in ("kind", "factory", "search_params", "recall_at_10")}
+                  for m, c in manifest["collections"].items()},
+        "index_build_seconds": round(build_seconds, 1),
+        "server_torch_threads": args.threads,
+        "server_peak_rss_mib": round(rss, 1),
+        "runs": runs,
+        "targets": TARGETS,
+        "met": {
+            "p50_ms_1_client": all(r["1 client"]["p50_ms"] <= TARGETS["p50_ms_1_client"] for r in runs.values()),
+            "p99_ms_1_client": all(r["1 client"]["p99_ms"] <= TARGETS["p99_ms_1_client"] for r in runs.values()),
+            "qps_32_clients": all(r[f"{args.clients} clients"]["qps"] >= TARGETS["qps_32_clients"]
+                                  for r in runs.values()),
+            "recall_at_10": all(c["recall_at_10"] >= TARGETS["recall_at_10"] for c in manifest["collections"].values()),
+        },
+        "note": "the load generator runs on the same cores as the server; other work may have been running",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
