@@ -21,6 +21,7 @@ from retrieval.export.check import SAMPLE_TEXTS, reference_embeddings, require_c
 from retrieval.export.onnx_runtime import IMAGE_FILE, IMAGE_INPUT, OUTPUT, TEXT_FILE, TEXT_INPUT, OnnxModel
 from retrieval.export.source import (
     ExportSource,
+    prepare_out,
     save_tokenizer_files,
     self_contained_model_cfg,
     write_manifest,
@@ -72,7 +73,7 @@ def _export(tower: nn.Module, example: torch.Tensor, input_name: str, path: Path
 
 def write_onnx_dir(source: ExportSource, out: Path, opset: int = OPSET) -> dict[str, Any]:
     """Export both towers, then run the sample inputs through ONNX Runtime and require a match."""
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out)
     model = source.merged.model
     images = sample_images()
     # Trace with batch 2, check with 3 and 1: the check also proves the batch dimension is dynamic.

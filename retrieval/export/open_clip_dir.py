@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from retrieval.export.check import SAMPLE_TEXTS, reference_embeddings, require_close, sample_images
 from retrieval.export.source import (
     ExportSource,
+    prepare_out,
     save_tokenizer_files,
     self_contained_model_cfg,
     write_manifest,
@@ -33,7 +34,7 @@ CONFIG = "open_clip_config.json"
 
 def write_open_clip_dir(source: ExportSource, out: Path) -> dict[str, Any]:
     """Write merged weights + configs into `out`, reload them with open_clip and check the embeddings."""
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out)
     config = {"model_cfg": self_contained_model_cfg(source, out), "preprocess_cfg": source.merged.preprocess_cfg}
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     # safetensors refuses tensors that share storage; every weight gets its own contiguous copy.

@@ -62,6 +62,13 @@ def load_source(checkpoint: str | Path) -> ExportSource:
     )
 
 
+def prepare_out(out: Path) -> None:
+    """Create `out`; drop an earlier export's manifest, so a folder whose new export fails its check is
+    never taken for a checked one."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+
+
 def save_tokenizer_files(source: ExportSource, out: Path) -> None:
     """For a Hugging Face text tower, put its tokenizer and config in `out` so the folder stands alone."""
     if not source.hf_text:

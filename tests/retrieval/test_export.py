@@ -16,6 +16,7 @@ from retrieval.checkpoint import load_model, save_checkpoint
 from retrieval.cli import main as cli_main
 from retrieval.config import load_config
 from retrieval.encode import encode_images, encode_texts
+from retrieval.errors import UserError
 from retrieval.export import MANIFEST, ExportCheckError, OnnxModel, load_source, write_onnx_dir
 from retrieval.model import build_towers
 
@@ -101,10 +102,13 @@ def test_onnx_export_fails_loudly_when_the_export_is_wrong(checkpoint, tmp_path)
     source = load_source(checkpoint)
     with torch.no_grad():  # a broken merge: the exported weights no longer compute the checkpoint's model
         source.merged.model.visual.proj.mul_(-1.0).add_(0.3)
+    out = tmp_path / "bad"
+    out.mkdir()
+    (out / MANIFEST).write_text(json.dumps({"format": "onnx"}))  # left by an earlier, good export
     with pytest.raises(ExportCheckError, match="image.onnx"):
-        write_onnx_dir(source, tmp_path / "bad")
-    with pytest.raises(Exception, match="retrieval_export.json"):  # a failed export is never loadable
-        OnnxModel.load(tmp_path / "bad")
+        write_onnx_dir(source, out)
+    with pytest.raises(UserError, match="retrieval_export.json"):  # a failed export is never loadable
+        OnnxModel.load(out)
 
 
 def test_bad_arguments_are_one_line_errors(checkpoint, tmp_path, capsys):
