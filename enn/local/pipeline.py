@@ -20,6 +20,7 @@ import os
 import queue
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,12 +121,12 @@ def _worker(
                     _put(outbox, "stop", abort, parent_pid)
                 reports.put(("done", rank, None, None))
                 break
-            step, micro, snapshot = msg
+            step, micro, snapshot, monitor = msg
             metrics: dict[str, float] = {}
             for unit in units:
-                micro, unit_metrics = unit.train_step(micro)
+                micro, unit_metrics = unit.train_step(micro, monitor)
                 metrics.update(unit_metrics)
-            if outbox is not None and not _put(outbox, (step, micro, snapshot), abort, parent_pid):
+            if outbox is not None and not _put(outbox, (step, micro, snapshot, monitor), abort, parent_pid):
                 return
             state = None
             if snapshot:
@@ -172,8 +173,7 @@ class LocalPipeline:
         self._finished: list[StepReport] = []
         self._done: set[int] = set()
         self._ready: set[int] = set()
-        self._last_submitted = -1
-        self._last_finished = -1
+        self._in_flight: deque[int] = deque()  # submitted steps not yet finished everywhere, in order
 
     def __enter__(self) -> LocalPipeline:
         self.start()
@@ -195,9 +195,15 @@ class LocalPipeline:
         while len(self._ready) < len(self._procs):
             self._receive(deadline, "building its stages")
 
-    def submit(self, step: int, micro_batches: Sequence[Micro], snapshot: bool = False) -> list[StepReport]:
-        """Feed step `step` to the first process (blocks while the pipeline is full); returns finished steps."""
-        item = (step, list(micro_batches), snapshot)
+    def submit(
+        self, step: int, micro_batches: Sequence[Micro], snapshot: bool = False, monitor: bool = False
+    ) -> list[StepReport]:
+        """Feed step `step` to the first process (blocks while the pipeline is full); returns finished steps.
+
+        `snapshot`: its report carries every unit's state after the step; `monitor`: units add their
+        orthogonality error to the metrics (see `LocalUnit.train_step`).
+        """
+        item = (step, list(micro_batches), snapshot, monitor)
         deadline = time.monotonic() + self.timeout
         while True:
             try:
@@ -206,14 +212,14 @@ class LocalPipeline:
             except queue.Full:
                 self._drain()
                 self._check(deadline, f"accepting step {step}")
-        self._last_submitted = step
+        self._in_flight.append(step)
         self._drain()
         return self._take()
 
     def wait(self, step: int) -> list[StepReport]:
         """Block until `step` has been trained by every unit; returns the finished steps (in order)."""
         deadline = time.monotonic() + self.timeout
-        while self._last_finished < step:
+        while step in self._in_flight:
             if self._receive(deadline, f"training step {step}"):
                 deadline = time.monotonic() + self.timeout
         return self._take()
@@ -288,10 +294,8 @@ class LocalPipeline:
             self._done.add(rank)
         else:
             self._pending.setdefault(step, {})[rank] = payload
-            while self._last_finished + 1 in self._pending and len(self._pending[self._last_finished + 1]) == len(
-                self._procs
-            ):
-                step = self._last_finished + 1
+            while self._in_flight and len(self._pending.get(self._in_flight[0], ())) == len(self._procs):
+                step = self._in_flight.popleft()
                 parts = self._pending.pop(step)
                 metrics: dict[str, float] = {}
                 state: dict[int, dict] | None = None
@@ -301,7 +305,6 @@ class LocalPipeline:
                     if part_state is not None:
                         state = {**(state or {}), **part_state}
                 self._finished.append(StepReport(step, metrics, state))
-                self._last_finished = step
 
     def _check(self, deadline: float, doing: str) -> None:
         """Raise PipelineError when a child has exited unexpectedly or nothing happened for `timeout` s."""

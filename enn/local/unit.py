@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from enn.local.heads import LocalHead
 from enn.local.stages import TowerStage, split_clip
-from enn.orthogonality import orthogonality_loss
+from enn.orthogonality import orthogonality_error, orthogonality_loss
 
 # (image input, text input, token ids) of one micro-batch; stage 0 gets (pixels, ids, ids).
 Micro = tuple[Tensor, Tensor, Tensor]
@@ -97,9 +97,10 @@ class LocalUnit(nn.Module):
             loss = self._loss_fn[0](img_feat, txt_feat, scale.exp())
         return image, text, loss
 
-    def train_step(self, micro_batches: Sequence[Micro]) -> tuple[list[Micro], dict[str, float]]:
+    def train_step(self, micro_batches: Sequence[Micro], monitor: bool = False) -> tuple[list[Micro], dict[str, float]]:
         """One optimizer step over `micro_batches` (gradients accumulated); returns the detached outputs
-        (the next unit's inputs) and this unit's metrics (`stage{k}_*`)."""
+        (the next unit's inputs) and this unit's metrics (`stage{k}_*`, and `lr`, the rate this step
+        used). `monitor` adds `stage{k}_ortho_error` (enn.orthogonality_error of the stage, after the step)."""
         if self.optimizer is None:
             raise RuntimeError(f"unit {self.index} has no optimizer: call attach() first")
         self.train()
@@ -120,6 +121,7 @@ class LocalUnit(nn.Module):
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
         else:
             grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
@@ -133,7 +135,10 @@ class LocalUnit(nn.Module):
             f"stage{k}_penalty": float(penalty.detach()),
             f"stage{k}_grad_norm": grad_norm,
             f"stage{k}_logit_scale": float(scale.detach().exp()),
+            "lr": lr,
         }
+        if monitor:
+            metrics[f"stage{k}_ortho_error"] = max(orthogonality_error(self.image), orthogonality_error(self.text))
         return outputs, metrics
 
     def training_state(self) -> dict[str, Any]:
@@ -181,12 +186,12 @@ def bind_state_keys(model: nn.Module, units: Sequence[LocalUnit]) -> None:
             raise ValueError(f"no stage owns {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
 
 
-def run_units(units: Sequence[LocalUnit], micro_batches: Sequence[Micro]) -> dict[str, float]:
+def run_units(units: Sequence[LocalUnit], micro_batches: Sequence[Micro], monitor: bool = False) -> dict[str, float]:
     """One ENN-ℓ training step in this process: each unit in turn trains on the step's batch and passes
     its detached outputs to the next (the sequential reference the pipeline must reproduce)."""
     metrics: dict[str, float] = {}
     for unit in units:
-        micro_batches, unit_metrics = unit.train_step(micro_batches)
+        micro_batches, unit_metrics = unit.train_step(micro_batches, monitor)
         metrics.update(unit_metrics)
     return metrics
 

@@ -79,10 +79,10 @@ def test_pipelined_parameters_equal_sequential_after_the_same_batches() -> None:
 
     reports = []
     with LocalPipeline(functools.partial(factory, state, head), group_units(STAGES, 2), ["cpu", "cpu"]) as pipe:
-        for t, micro in enumerate(data):
-            reports += pipe.submit(t, micro, snapshot=t == len(data) - 1)
+        for t, micro in enumerate(data, start=1):
+            reports += pipe.submit(t, micro, snapshot=t == len(data))
         reports += pipe.finish()
-    assert [r.step for r in reports] == [0, 1, 2, 3]
+    assert [r.step for r in reports] == [1, 2, 3, 4]
     for r, expected in zip(reports, seq_metrics, strict=True):
         assert r.metrics == expected  # every unit's loss, bit for bit
     final = reports[-1].state

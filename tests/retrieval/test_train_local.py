@@ -1,0 +1,101 @@
+"""ENN-ℓ trainer (`training.method: local`): run directory, checkpoints, resume across modes, bad configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from train_testing import checkpoint_weights, one_thread, train_overrides  # noqa: F401  (one_thread: autouse)
+
+from retrieval.checkpoint import load_model, read_checkpoint
+from retrieval.commands.train import main as train_main
+from retrieval.config import load_config
+from retrieval.errors import UserError
+from retrieval.train import RunDir
+from retrieval.train.local import train_local
+
+# Two blocks per tower, so that two stages each own one block (the shared tiny model has one).
+LOCAL = [
+    "model.embed_dim=16",
+    "model.vision_cfg={image_size: 32, patch_size: 8, width: 32, layers: 2, head_width: 16, mlp_ratio: 2.0}",
+    "model.text_cfg={context_length: 16, vocab_size: 49408, width: 32, heads: 2, layers: 2, mlp_ratio: 2.0}",
+    "training.method=local",
+    "training.stages=2",
+    "training.pipeline_threads=1",
+]
+
+
+def local_config(dataset, *extra: str) -> dict:
+    return load_config(None, train_overrides(dataset, *LOCAL, *extra))
+
+
+def _train_records(run: RunDir) -> dict[int, dict]:
+    return {r["step"]: r for r in run.read_metrics() if r["kind"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def sequential_run(synth_dataset, tmp_path_factory) -> RunDir:
+    """12 sequential ENN-ℓ steps (2 epochs of 6), through the `retrieval train` command."""
+    root = tmp_path_factory.mktemp("local")
+    (root / "local.yaml").write_text("training:\n  method: local\n")
+    out = root / "run"
+    argv = ["--config", str(root / "local.yaml"), "--out", str(out)]
+    argv += [f"--set={pair}" for pair in train_overrides(synth_dataset, *LOCAL)]
+    assert train_main(argv) == 0
+    return RunDir(out)
+
+
+def test_a_sequential_run_writes_the_run_directory(sequential_run):
+    run = sequential_run
+    assert run.config.is_file() and run.last.is_file() and run.best.is_file() and run.curves.is_file()
+    records = _train_records(run)
+    assert sorted(records) == list(range(1, 13))
+    for record in records.values():
+        assert {"loss", "stage0_loss", "stage1_loss", "orthogonality_error", "samples_per_s", "lr"} <= set(record)
+        assert record["contrastive_loss"] == record["stage1_loss"]  # the last stage's loss is the CLIP loss
+    assert [r["step"] for r in run.read_metrics() if r["kind"] == "val"] == [6, 12]
+    # one optimizer and schedule per stage, the local heads, and an ordinary loadable model
+    payload = read_checkpoint(run.last)
+    assert isinstance(payload["optimizer"], list) and len(payload["optimizer"]) == 2
+    assert len(payload["scheduler"]) == 2 and payload["step"] == 12
+    heads = payload["extra_state"]["local_heads"]
+    assert set(heads) == {"0.image_proj", "0.text_proj", "0.logit_scale"}
+    loaded = load_model(run.root)
+    with torch.no_grad():
+        emb = loaded.model.encode_text(loaded.tokenizer(["a red circle"]))
+    assert emb.shape == (1, 16) and torch.isfinite(emb).all()
+
+
+def test_local_training_learns(sequential_run):
+    records = _train_records(sequential_run)
+    assert records[12]["stage0_loss"] < records[1]["stage0_loss"]
+    assert records[12]["stage1_loss"] < records[1]["stage1_loss"]
+
+
+def test_stopped_sequential_then_resumed_pipelined_equals_uninterrupted(synth_dataset, sequential_run, tmp_path):
+    out = tmp_path / "run"
+    first = train_local(local_config(synth_dataset, "training.max_steps=4"), out)
+    assert first["step"] == 4 and first["mode"] == "sequential"
+    second = train_local(local_config(synth_dataset, "training.pipeline=true"), out, resume=True)
+    assert second["step"] == 12 and second["mode"] == "pipeline"
+    resumed, full = checkpoint_weights(RunDir(out).last), checkpoint_weights(sequential_run.last)
+    assert resumed.keys() == full.keys()
+    for key in full:  # one thread per stage process, one in this process: the same ops, the same bits
+        assert torch.equal(resumed[key], full[key]), key
+    losses, expected = _train_records(RunDir(out)), _train_records(sequential_run)
+    assert sorted(losses) == list(range(1, 13))
+    assert [losses[s]["stage0_loss"] for s in range(1, 13)] == [expected[s]["stage0_loss"] for s in range(1, 13)]
+    saved = read_checkpoint(RunDir(out).last)["optimizer"][0]["state"]
+    reference = read_checkpoint(sequential_run.last)["optimizer"][0]["state"]
+    assert all(torch.equal(saved[k]["exp_avg_sq"], reference[k]["exp_avg_sq"]) for k in reference)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["training.stages=3"], "cannot split 2 blocks into 3 stages"),
+        (["training.pipeline=true", "training.pipeline_procs=3"], "pipeline_procs must be between 1 and"),
+    ],
+)
+def test_configs_that_cannot_run_are_refused_clearly(synth_dataset, tmp_path, extra, message):
+    with pytest.raises(UserError, match=message):
+        train_local(local_config(synth_dataset, *extra), tmp_path / "run")
