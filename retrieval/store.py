@@ -4,7 +4,8 @@ Every item (an image or a text) is a row with its caption, uri, metadata and emb
 only after its transaction is committed with `synchronous=FULL`, so an acknowledged item survives a
 kill -9 or a power cut; the FAISS files are snapshots rebuilt from these rows when they lag behind.
 Ids come from AUTOINCREMENT, so a deleted id is never reused (the index relies on that to drop stale
-entries). One connection is shared under a lock: statements are short, and SQLite serialises writers.
+entries). Two connections, each under its own lock: one for writes, one for reads, so searches reading
+item rows never wait behind a write's fsync (WAL lets readers see the last committed state meanwhile).
 """
 
 from __future__ import annotations
@@ -74,11 +75,12 @@ class ItemStore:
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise UserError(f"item store not found: {self.path} (build the index with `retrieval index build`)")
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")  # a COMMIT is on disk before we acknowledge
-        self._conn.executescript(_SCHEMA)
+        self._write_lock, self._read_lock = threading.Lock(), threading.Lock()
+        self._writer = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._writer.execute("PRAGMA synchronous=FULL")  # a COMMIT is on disk before we acknowledge
+        self._writer.executescript(_SCHEMA)
+        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         stored = self.get_info("dim")
         if stored is None and dim is not None:
             self.set_info("dim", str(dim))
@@ -91,26 +93,27 @@ class ItemStore:
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
-        with self._lock:
-            self._conn.close()
+        with self._write_lock, self._read_lock:
+            self._reader.close()
+            self._writer.close()
 
     def get_info(self, key: str) -> str | None:
         """A value of the key/value `info` table (dim, fingerprint)."""
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM info WHERE key = ?", (key,)).fetchone()
+        with self._read_lock:
+            row = self._reader.execute("SELECT value FROM info WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def set_info(self, key: str, value: str) -> None:
         """Set a key of the `info` table (committed)."""
-        with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO info (key, value) VALUES (?, ?)", (key, value))
+        with self._write_lock:
+            self._writer.execute("INSERT OR REPLACE INTO info (key, value) VALUES (?, ?)", (key, value))
 
     def add(self, items: Sequence[NewItem]) -> list[int]:
         """Insert items in one committed transaction; returns their new ids in order."""
         rows = [self._row(item) for item in items]
         created = utc_now()
-        with self._lock:
-            cur = self._conn.cursor()
+        with self._write_lock:
+            cur = self._writer.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
                 ids = []
@@ -136,8 +139,8 @@ class ItemStore:
 
     def delete(self, item_id: int) -> Item | None:
         """Remove an item (committed); returns it, or None when there is no such id."""
-        with self._lock:
-            row = self._conn.execute(
+        with self._write_lock:
+            row = self._writer.execute(
                 "DELETE FROM items WHERE id = ? RETURNING id, modality, caption, uri, metadata, created", (item_id,)
             ).fetchone()
         return _item(row) if row else None
@@ -149,8 +152,8 @@ class ItemStore:
         for start in range(0, len(unique), 500):  # stay under SQLite's bound-parameter limit
             part = unique[start : start + 500]
             marks = ",".join("?" * len(part))
-            with self._lock:
-                rows = self._conn.execute(
+            with self._read_lock:
+                rows = self._reader.execute(
                     f"SELECT id, modality, caption, uri, metadata, created FROM items WHERE id IN ({marks})", part
                 ).fetchall()
             found.update((row[0], _item(row)) for row in rows)
@@ -163,8 +166,8 @@ class ItemStore:
         keys = list(position)
         for start in range(0, len(keys), 500):
             part = keys[start : start + 500]
-            with self._lock:
-                rows = self._conn.execute(
+            with self._read_lock:
+                rows = self._reader.execute(
                     f"SELECT id, embedding FROM items WHERE id IN ({','.join('?' * len(part))})", part
                 ).fetchall()
             for item_id, blob in rows:
@@ -176,16 +179,16 @@ class ItemStore:
 
     def ids(self, modality: str) -> np.ndarray:
         """All item ids of one modality, ascending (int64)."""
-        with self._lock:
-            rows = self._conn.execute("SELECT id FROM items WHERE modality = ? ORDER BY id", (modality,)).fetchall()
+        with self._read_lock:
+            rows = self._reader.execute("SELECT id FROM items WHERE modality = ? ORDER BY id", (modality,)).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def iter_embeddings(self, modality: str, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, (n, D) embeddings) chunks of one modality in id order, without holding all in memory."""
         last = -1
         while True:
-            with self._lock:
-                rows = self._conn.execute(
+            with self._read_lock:
+                rows = self._reader.execute(
                     "SELECT id, embedding FROM items WHERE modality = ? AND id > ? ORDER BY id LIMIT ?",
                     (modality, last, chunk),
                 ).fetchall()
@@ -198,21 +201,21 @@ class ItemStore:
 
     def count(self, modality: str) -> int:
         """Number of items of one modality."""
-        with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM items WHERE modality = ?", (modality,)).fetchone()[0])
+        with self._read_lock:
+            return int(self._reader.execute("SELECT COUNT(*) FROM items WHERE modality = ?", (modality,)).fetchone()[0])
 
     def uris(self, modality: str) -> dict[str, int]:
         """uri → id for one modality (maps dataset files to items, e.g. for evaluation through an index)."""
-        with self._lock:
-            rows = self._conn.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT uri, id FROM items WHERE modality = ? AND uri IS NOT NULL", (modality,)
             ).fetchall()
         return {uri: item_id for uri, item_id in rows}
 
     def integrity_ok(self) -> bool:
         """SQLite's own consistency check (used after crashes in tests and by operators)."""
-        with self._lock:
-            return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        with self._read_lock:
+            return self._reader.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def _item(row: tuple) -> Item:
