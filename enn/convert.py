@@ -75,6 +75,18 @@ def _check_target(mod: nn.Module, qualname: str, tensor_name: str, ortho: str, o
     return True
 
 
+def _own_class(mod: nn.Module) -> None:
+    """Give a parametrized module a private copy of its generated class before adding/removing a parametrization.
+
+    torch's parametrize generates one class per module, but ``copy.deepcopy`` hands the copy that same class;
+    registering or removing a parametrization edits the class (a property per tensor), which would break
+    the other copy. A per-module copy of the class keeps them independent.
+    """
+    cls = type(mod)
+    attrs = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    mod.__class__ = type(cls.__name__, cls.__bases__, attrs)
+
+
 def convert(module: nn.Module, ortho: str = "penalty", exclude: Iterable[str] | str = ()) -> nn.Module:
     """Re-parameterise every Linear, Conv2d and MultiheadAttention weight as Q·diag(Λ)·Pᵀ, in place.
 
@@ -104,6 +116,9 @@ def convert(module: nn.Module, ortho: str = "penalty", exclude: Iterable[str] | 
             + (f" outside exclude={list(patterns)}" if patterns else "")
         )
     orders = {id(mod): tuple(mod._parameters) for mod, _, _ in plan}
+    for mod in {id(mod): mod for mod, _, _ in plan}.values():
+        if parametrize.is_parametrized(mod):
+            _own_class(mod)
     for mod, tensor_name, blocks in plan:
         weight = getattr(mod, tensor_name)
         enn = EnnWeight(weight, blocks=blocks, ortho=ortho, param_order=orders[id(mod)])
@@ -132,6 +147,7 @@ def merge(module: nn.Module) -> nn.Module:
     for _, mod in list(module.named_modules()):
         if not parametrize.is_parametrized(mod):
             continue
+        _own_class(mod)
         order: tuple[str, ...] = ()
         for tensor_name in list(mod.parametrizations.keys()):
             plist = mod.parametrizations[tensor_name]

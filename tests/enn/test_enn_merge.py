@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
@@ -105,3 +106,20 @@ def test_enn_linear_merges_to_plain_weight() -> None:
     enn.merge(layer)
     assert list(layer.state_dict()) == ["weight", "bias"]
     assert_close_scaled(layer(x), ref)
+
+
+def test_merging_a_deep_copy_leaves_the_original_converted() -> None:
+    """torch gives a deepcopy of a parametrized module the same generated class; merge must not break it."""
+    torch.manual_seed(0)
+    model = enn.convert(nn.Sequential(nn.Linear(4, 4), nn.MultiheadAttention(4, 2)))
+    x = torch.randn(3, 4)
+    ref = model[0](x).detach()
+    merged = enn.merge(copy.deepcopy(model))
+    assert isinstance(merged[0].weight, nn.Parameter) and type(merged[0]) is nn.Linear
+    assert {n for n, _ in enn.enn_weights(model)} == {"0.weight", "1.in_proj_weight", "1.out_proj.weight"}
+    assert_close_scaled(model[0](x), ref)
+    assert_close_scaled(merged[0](x), ref)
+    # The other direction: merging the original leaves a copy converted.
+    twin = copy.deepcopy(model)
+    enn.merge(model)
+    assert_close_scaled(twin[0](x), ref)

@@ -99,3 +99,17 @@ def test_penalty_mode_drifts_without_penalty_and_penalty_pulls_back() -> None:
             opt.step()
         errors[weight] = enn.orthogonality_error(model)
     assert errors[1.0] < 0.5 * errors[0.0]
+
+
+def test_orthonormalize_gradient_matches_generic_qr_and_passes_gradcheck() -> None:
+    a = torch.randn(2, 9, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(enn.orthonormalize, (a,))
+    grad_out = torch.randn(2, 9, 5, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(enn.orthonormalize(a), a, grad_out)
+    q, r = torch.linalg.qr(a)
+    sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+    (reference,) = torch.autograd.grad(q * sign, a, grad_out)
+    torch.testing.assert_close(ours, reference)
+    q_ours = enn.orthonormalize(a).detach()
+    torch.testing.assert_close(q_ours, (q * sign).detach())
+    torch.testing.assert_close(q_ours.mT @ q_ours, torch.eye(5, dtype=torch.float64).expand(2, 5, 5))

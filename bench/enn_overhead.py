@@ -1,0 +1,196 @@
+"""ENN overhead: training-step and inference time of ENN open_clip towers relative to plain ones.
+
+Training step = forward + backward + AdamW step on an open_clip ViT tower and text tower:
+plain vs ENN-"penalty" (penalty term included in the loss) vs ENN-"exact". Inference = eval forward
+(no grad): plain vs merged (enn.merge of the trained ENN tower), plus the unmerged ENN tower with and
+without ``parametrize.cached()`` for reference. Variants run interleaved, round-robin, in one process,
+and each time is the median of ``--runs`` after ``--warmup`` steps, so ratios share the same conditions.
+
+Usage: .venv/bin/python bench/enn_overhead.py [--runs 7] [--warmup 2] [--threads 2]
+Writes bench/results/enn_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from open_clip.transformer import TextTransformer, VisionTransformer
+from torch import nn
+from torch.nn.utils import parametrize
+
+import enn
+
+RESULTS = Path(__file__).resolve().parent / "results" / "enn_overhead.json"
+PENALTY_WEIGHT = 1e-4
+TARGETS = {"penalty": 1.10, "exact": 1.50}
+TOWERS = {
+    "vit": {"image_size": 64, "patch_size": 8, "width": 256, "layers": 6, "heads": 4, "batch": 64},
+    "text": {"context_length": 32, "vocab_size": 49408, "width": 256, "layers": 6, "heads": 4, "batch": 64},
+}
+
+
+def build_tower(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """One open_clip tower (as open_clip builds it) and a batch of inputs for it."""
+    cfg = TOWERS[name]
+    g = torch.Generator().manual_seed(0)
+    if name == "vit":
+        model = VisionTransformer(
+            image_size=cfg["image_size"], patch_size=cfg["patch_size"], width=cfg["width"],
+            layers=cfg["layers"], heads=cfg["heads"], mlp_ratio=4.0, output_dim=cfg["width"],
+        )
+        x = torch.randn(cfg["batch"], 3, cfg["image_size"], cfg["image_size"], generator=g)
+    else:
+        model = TextTransformer(
+            context_length=cfg["context_length"], vocab_size=cfg["vocab_size"], width=cfg["width"],
+            heads=cfg["heads"], layers=cfg["layers"], output_dim=cfg["width"],
+        )
+        x = torch.randint(1, cfg["vocab_size"], (cfg["batch"], cfg["context_length"]), generator=g)
+    return model, x
+
+
+def make_step(model: nn.Module, x: torch.Tensor, penalty: bool) -> Callable[[], None]:
+    """A closure running one training step (forward, loss, backward, AdamW)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = model(x).square().mean()
+        if penalty:
+            loss = loss + PENALTY_WEIGHT * enn.orthogonality_loss(model)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def make_forward(model: nn.Module, x: torch.Tensor, cached: bool = False) -> Callable[[], None]:
+    """A closure running one inference forward pass."""
+    model.eval()
+
+    def forward() -> None:
+        with torch.no_grad():
+            if cached:
+                with parametrize.cached():
+                    model(x)
+            else:
+                model(x)
+
+    return forward
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], None]], runs: int, warmup: int
+) -> dict[str, dict[str, list[float]]]:
+    """Wall and process-CPU seconds per call for each fn, calls interleaved round-robin (rotating start).
+
+    CPU time is recorded too because the machine is shared: it is far less sensitive to other processes.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in names}
+    for i in range(runs):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            fns[name]()
+            times[name]["cpu"].append(time.process_time() - cpu)
+            times[name]["wall"].append(time.perf_counter() - wall)
+    return times
+
+
+def bench_tower(name: str, runs: int, warmup: int) -> dict:
+    """Train-step and forward timings for one tower; returns medians (ms), ratios and raw times."""
+    plain, x = build_tower(name)
+    penalty = enn.convert(copy.deepcopy(plain), ortho="penalty")
+    exact = enn.convert(copy.deepcopy(plain), ortho="exact")
+    train = time_interleaved(
+        {
+            "plain": make_step(plain, x, penalty=False),
+            "penalty": make_step(penalty, x, penalty=True),
+            # Same ENN tower without the penalty term: splits the overhead into W = QΛPᵀ vs the penalty.
+            "penalty_noterm": make_step(penalty, x, penalty=False),
+            "exact": make_step(exact, x, penalty=False),
+        },
+        runs, warmup,
+    )
+    merged = enn.merge(copy.deepcopy(penalty))  # the trained ENN tower, folded back to plain weights
+    forward = time_interleaved(
+        {
+            "plain": make_forward(plain, x),
+            "merged": make_forward(merged, x),
+            "enn": make_forward(penalty, x),
+            "enn_cached": make_forward(penalty, x, cached=True),
+        },
+        runs, warmup,
+    )
+    out = {"config": TOWERS[name], "train": {}, "forward": {}}
+    for section, times in (("train", train), ("forward", forward)):
+        base = {clock: statistics.median(times["plain"][clock]) for clock in ("wall", "cpu")}
+        for variant, clocks in times.items():
+            row = {}
+            for clock, ts in clocks.items():
+                med = statistics.median(ts)
+                row[f"{clock}_median_ms"] = round(1e3 * med, 2)
+                row[f"{clock}_ratio"] = round(med / base[clock], 3)
+                row[f"{clock}_runs_ms"] = [round(1e3 * t, 2) for t in ts]
+            out[section][variant] = row
+    return out
+
+
+def print_table(results: dict) -> None:
+    """Human-readable summary: one line per tower, section and variant (ratios are vs plain, same run)."""
+    print(f"{'tower':6} {'measure':8} {'variant':15} {'wall ms':>9} {'x plain':>8} {'cpu ms':>9} {'x plain':>8} {'target':>7}")
+    for tower, res in results["towers"].items():
+        for section in ("train", "forward"):
+            for variant, row in res[section].items():
+                target = TARGETS.get(variant) if section == "train" else (1.0 if variant == "merged" else None)
+                tgt = f"{'<=' if section == 'train' else '~'}{target:.2f}" if target else ""
+                print(
+                    f"{tower:6} {section:8} {variant:15} {row['wall_median_ms']:9.1f} {row['wall_ratio']:8.3f}"
+                    f" {row['cpu_median_ms']:9.1f} {row['cpu_ratio']:8.3f} {tgt:>7}"
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="timed runs per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs per variant")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--towers", default="vit,text", help="comma list of: " + ",".join(TOWERS))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.runs < 5:
+        parser.error("--runs must be at least 5")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    results = {
+        "benchmark": "enn_overhead",
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "device": "cpu",
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "penalty_weight": PENALTY_WEIGHT,
+        "targets": {"train_penalty": TARGETS["penalty"], "train_exact": TARGETS["exact"], "forward_merged": 1.0},
+        "towers": {name: bench_tower(name, args.runs, args.warmup) for name in args.towers.split(",")},
+    }
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
