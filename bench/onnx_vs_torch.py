@@ -8,7 +8,7 @@ tokenization included on both sides). Variants run interleaved, round-robin, aft
 same thread count; each number is the median of `--runs` calls.
 
 Usage: .venv/bin/python bench/onnx_vs_torch.py [--config configs/synth-small.yaml | --checkpoint CKPT]
-       [--threads 2] [--runs 30]
+       [--threads 1 2] [--runs 30]
 Writes bench/results/onnx_vs_torch.json.
 """
 
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", default=str(ROOT / "configs" / "synth-small.yaml"))
     source.add_argument("--checkpoint")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads = ORT intra-op threads")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="intra-op thread counts to compare (torch and ONNX Runtime get the same)")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
@@ -86,48 +87,48 @@ def main(argv: list[str] | None = None) -> int:
     from service.encoder import TorchEncoder
     from service.onnx_encoder import OnnxEncoder
 
-    torch.set_num_threads(args.threads)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = make_checkpoint(args, Path(tmp))
         write_onnx_dir(load_source(checkpoint), Path(tmp) / "onnx")
-        encoders = {
-            "torch": TorchEncoder(load_model(checkpoint, device="cpu")),
-            "onnx": OnnxEncoder(OnnxModel.load(Path(tmp) / "onnx", threads=args.threads)),
-        }
-        model_cfg = encoders["onnx"].model.model_cfg
+        torch_encoder = TorchEncoder(load_model(checkpoint, device="cpu"))
         rng = np.random.default_rng(0)
         picture = Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
-        pixel = encoders["torch"].preprocess_image(picture)
+        pixel = torch_encoder.preprocess_image(picture)
         load_before = os.getloadavg()[0]
-        rows = []
-        for batch in args.batches:
-            pixels = np.stack([pixel] * batch)
-            texts = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
-            for tower, call in (("image", lambda e, p=pixels: e.encode_pixels(p)),
-                                ("text", lambda e, t=texts: e.encode_texts(t))):
-                fns = {name: (lambda e=enc, c=call: c(e)) for name, enc in encoders.items()}
-                times = time_interleaved(fns, args.runs, args.warmup)
-                medians = {name: statistics.median(ts) for name, ts in times.items()}
-                rows.append({
-                    "tower": tower,
-                    "batch": batch,
-                    "torch_ms": medians["torch"],
-                    "onnx_ms": medians["onnx"],
-                    "speedup_onnx": medians["torch"] / medians["onnx"],
-                    "torch_ms_all": times["torch"],
-                    "onnx_ms_all": times["onnx"],
-                })
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            encoders = {"torch": torch_encoder,
+                        "onnx": OnnxEncoder(OnnxModel.load(Path(tmp) / "onnx", threads=threads))}
+            model_cfg = encoders["onnx"].model.model_cfg
+            for batch in args.batches:
+                pixels = np.stack([pixel] * batch)
+                texts = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
+                for tower, call in (("image", lambda e, p=pixels: e.encode_pixels(p)),
+                                    ("text", lambda e, t=texts: e.encode_texts(t))):
+                    fns = {name: (lambda e=enc, c=call: c(e)) for name, enc in encoders.items()}
+                    times = time_interleaved(fns, args.runs, args.warmup)
+                    medians = {name: statistics.median(ts) for name, ts in times.items()}
+                    rows.append({
+                        "threads": threads,
+                        "tower": tower,
+                        "batch": batch,
+                        "torch_ms": medians["torch"],
+                        "onnx_ms": medians["onnx"],
+                        "speedup_onnx": medians["torch"] / medians["onnx"],
+                        "torch_ms_all": times["torch"],
+                        "onnx_ms_all": times["onnx"],
+                    })
 
-    print(f"{'tower':<6} {'batch':>5} {'torch ms':>10} {'onnx ms':>10} {'onnx speed-up':>14}")
+    print(f"{'threads':>7} {'tower':<6} {'batch':>5} {'torch ms':>10} {'onnx ms':>10} {'onnx speed-up':>14}")
     for row in rows:
-        print(f"{row['tower']:<6} {row['batch']:>5} {row['torch_ms']:>10.2f} {row['onnx_ms']:>10.2f} "
+        print(f"{row['threads']:>7} {row['tower']:<6} {row['batch']:>5} {row['torch_ms']:>10.2f} {row['onnx_ms']:>10.2f} "
               f"{row['speedup_onnx']:>13.2f}×")
     result = {
         "benchmark": "onnx_vs_torch",
         "date": datetime.date.today().isoformat(),
         "command": "bench/onnx_vs_torch.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": {"source": args.checkpoint or args.config, "model_cfg": model_cfg},
-        "threads": args.threads,
         "runs": args.runs,
         "warmup": args.warmup,
         "load_average_before": load_before,
