@@ -1,0 +1,297 @@
+"""ENN-ℓ (local learning, sequential and pipelined) against backprop: same model, data and cores.
+
+1. speed: preprocessed synth batches held in memory (no image decoding in the timed loop), each method
+   in a fresh process: BP (one process, --threads threads), ENN-ℓ sequential (the same), ENN-ℓ
+   pipelined (--procs processes × 1 thread). samples/s over timed steps after warm-up; peak RSS
+   (VmHWM) per process, also above the RSS of a process that has only imported the libraries.
+2. stage model: each unit's step time and the BP step time, one thread each → the pipeline time per
+   batch with one core/device per stage (max stage time) against BP on one, for 2 and S devices.
+3. recall: `retrieval train` for the same number of samples per method × seed, then `retrieval eval`
+   of last.pt on the test split (mean ± std over seeds).
+
+    python bench/local_vs_bp.py                          # all three parts (about an hour on 2 cores)
+    python bench/local_vs_bp.py --parts speed model      # parts 1–2 only
+    python bench/local_vs_bp.py --parts recall --set training.epochs=1
+
+Prints tables and writes bench/results/local_vs_bp.json (finished recall runs are reused on a re-run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SPEED_METHODS = {
+    "bp": ["training.method=bp"],
+    "local-sequential": ["training.method=local"],
+    "local-pipelined": ["training.method=local", "training.pipeline=true"],
+}
+RECALL_VARIANTS = {
+    "bp": ["training.method=bp"],
+    "local": ["training.method=local", "training.local_head=random"],
+    "local-learned-heads": ["training.method=local", "training.local_head=learned"],
+    "local-pipelined": ["training.method=local", "training.local_head=random", "training.pipeline=true"],
+}
+METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/synth-small.yaml")
+    parser.add_argument("--parts", nargs="+", default=["speed", "model", "recall"], choices=["speed", "model", "recall"])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run (recall budget, e.g. training.epochs=1)")
+    parser.add_argument("--threads", type=int, default=2, help="cores: BP/sequential threads")
+    parser.add_argument("--procs", type=int, default=2, help="pipelined: processes (1 thread each)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per method (speed)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--pipelined-seeds", type=int, nargs="+", default=[0],
+                        help="seeds for the local-pipelined recall check (same parameters as sequential)")
+    parser.add_argument("--runs", default="runs/local_vs_bp")
+    parser.add_argument("--out", default="bench/results/local_vs_bp.json")
+    parser.add_argument("--worker", choices=["speed", "model"], help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+# -- worker side (a fresh process per measurement) -------------------------------------------------------
+
+def _status_kb(pid: int | str, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _setup(args: argparse.Namespace, method_overrides: list[str], threads: int):
+    """Config, towers and in-memory batches; returns also the RSS after imports (the baseline)."""
+    import torch
+
+    from retrieval.config import load_config
+    from retrieval.model import build_towers
+    from retrieval.train.data import build_train_data
+    from retrieval.train.distributed import DistEnv
+    from retrieval.train.session import seed_everything
+    from retrieval.train.step import set_temperature
+
+    torch.set_num_threads(threads)
+    baseline_kb = _status_kb("self", "VmRSS")
+    cfg = load_config(args.config, [*args.overrides, *method_overrides, "data.workers=0",
+                                    f"training.pipeline_procs={args.procs}", "training.pipeline_threads=1"])
+    seed_everything(int(cfg["training"]["seed"]))
+    towers = build_towers(cfg)
+    set_temperature(towers.model, float(cfg["training"]["init_temperature"]))
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    data = build_train_data(cfg, towers, env)
+    batches = []
+    for micro in data.batches(0):
+        batches.append(micro)
+        if len(batches) == 4:
+            break
+    return cfg, towers, env, batches, baseline_kb
+
+
+def speed_worker(args: argparse.Namespace) -> dict:
+    """Time `args.method` for warm-up + timed steps; peak RSS of every process involved."""
+    from retrieval.train.local_pipeline import PipelinedRunner, SequentialRunner
+    from retrieval.train.local_units import build_units
+    from retrieval.train.optim import build_optimizer, build_scheduler
+    from retrieval.train.step import build_loss, train_step
+
+    pipelined = args.method == "local-pipelined"
+    cfg, towers, env, batches, baseline_kb = _setup(args, SPEED_METHODS[args.method], 1 if pipelined else args.threads)
+    model, total = towers.model, args.warmup + args.steps
+    if args.method == "bp":
+        optimizer = build_optimizer(model, cfg["training"])
+        scheduler, loss_fn = build_scheduler(optimizer, cfg["training"], total), build_loss(env)
+
+        class _Bp:
+            mode = "bp"
+            pids: list[int] = []
+
+            def submit(self, step, micro):
+                train_step(model, model, micro, loss_fn, optimizer, scheduler, cfg, env)
+
+            def wait(self, step):
+                return None
+        runner, close = _Bp(), (lambda: None)
+    else:
+        units = build_units(cfg, model, env.device, total)
+        runner = (PipelinedRunner(cfg, towers.model_cfg, units, total, env.device) if pipelined
+                  else SequentialRunner(units))
+        runner.__enter__()
+        close = lambda: runner.__exit__(None, None, None)  # noqa: E731
+    for step in range(1, args.warmup + 1):
+        runner.submit(step, batches[step % len(batches)])
+    runner.wait(args.warmup)
+    start = time.perf_counter()
+    for step in range(args.warmup + 1, total + 1):
+        runner.submit(step, batches[step % len(batches)])
+    runner.wait(total)
+    elapsed = time.perf_counter() - start
+    children = runner.pipe.pids if pipelined else []
+    rss = {"main": _status_kb("self", "VmHWM")}
+    rss.update({f"stage_proc_{i}": _status_kb(pid, "VmHWM") for i, pid in enumerate(children)})
+    close()
+    batch = int(cfg["training"]["batch_size"])
+    return {"samples_per_s": args.steps * batch / elapsed, "step_s": elapsed / args.steps,
+            "peak_rss_mb": {k: v / 1024 for k, v in rss.items()}, "baseline_rss_mb": baseline_kb / 1024}
+
+
+def model_worker(args: argparse.Namespace) -> dict:
+    """One thread: each unit's train_step time, and the BP step time, medians over the timed steps."""
+    import torch
+
+    from retrieval.train.local_units import build_units
+    from retrieval.train.optim import build_optimizer, build_scheduler
+    from retrieval.train.step import build_loss, train_step
+
+    cfg, towers, env, batches, _ = _setup(args, ["training.method=local"], 1)
+    total = args.warmup + args.steps
+    bp_model = copy.deepcopy(towers.model)
+    units = build_units(cfg, towers.model, env.device, total)
+    unit_times: list[list[float]] = [[] for _ in units]
+    for step in range(total):
+        micro = [(img, tok, tok) for img, tok in batches[step % len(batches)]]
+        for k, unit in enumerate(units):
+            t0 = time.perf_counter()
+            micro, _ = unit.train_step(micro)
+            unit_times[k].append(time.perf_counter() - t0)
+    optimizer = build_optimizer(bp_model, cfg["training"])
+    scheduler, loss_fn = build_scheduler(optimizer, cfg["training"], total), build_loss(env)
+    bp_times = []
+    for step in range(total):
+        t0 = time.perf_counter()
+        train_step(bp_model, bp_model, batches[step % len(batches)], loss_fn, optimizer, scheduler, cfg, env)
+        bp_times.append(time.perf_counter() - t0)
+    med = [statistics.median(t[args.warmup:]) for t in unit_times]
+    return {"unit_step_s": med, "bp_step_s": statistics.median(bp_times[args.warmup:]),
+            "threads": torch.get_num_threads()}
+
+
+# -- driver side -----------------------------------------------------------------------------------------
+
+def run_worker(args: argparse.Namespace, kind: str, method: str = "") -> dict:
+    """Run one measurement in a fresh interpreter (clean peak-RSS accounting, own thread settings)."""
+    cmd = [sys.executable, __file__, "--worker", kind, "--method", method, "--config", args.config,
+           "--threads", str(args.threads), "--procs", str(args.procs), "--warmup", str(args.warmup),
+           "--steps", str(args.steps), *[f"--set={o}" for o in args.overrides]]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{kind} {method} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def retrieval(*cli: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "retrieval", *cli], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"retrieval {' '.join(cli)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def recall_run(args: argparse.Namespace, variant: str, seed: int) -> dict:
+    """`retrieval train` + `retrieval eval` (test split, last.pt); reused when already done."""
+    run = Path(args.runs) / f"{variant}-seed{seed}"
+    done = run / "bench.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    sets = [*RECALL_VARIANTS[variant], f"training.seed={seed}", "data.val_split=null", *args.overrides]
+    if variant == "local-pipelined":
+        sets += [f"training.pipeline_procs={args.procs}", "training.pipeline_threads=1"]
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    start = time.perf_counter()
+    retrieval("train", "--config", args.config, "--out", str(run), *[f"--set={s}" for s in sets])
+    train_s = time.perf_counter() - start
+    from retrieval.config import load_config
+
+    data = load_config(args.config, args.overrides)["data"]
+    retrieval("eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", data["path"],
+              "--images", data["images"], "--split", "test", "--json", str(run / "test.json"))
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    result = {"variant": variant, "seed": seed, "train_wall_s": train_s, "steps": train[-1]["step"],
+              "samples": train[-1]["step"] * load_config(args.config, [*args.overrides, *sets])["training"]["batch_size"],
+              "samples_per_s_logged": statistics.median(r["samples_per_s"] for r in train[1:] or train),
+              "final_loss": train[-1]["loss"], "test": _test_metrics(run / "test.json")}
+    done.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _test_metrics(path: Path) -> dict:
+    row = json.loads(path.read_text())["results"]["model"]  # `retrieval eval --json`
+    return {m: float(row[m]) for m in METRICS}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(speed_worker(args) if args.worker == "speed" else model_worker(args)))
+        return
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    results.update({"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
+                    f"{len(os.sched_getaffinity(0))} cores", "config": args.config, "overrides": args.overrides,
+                    "command": " ".join([Path(sys.executable).name, *sys.argv])})
+    if "speed" in args.parts:
+        load = os.getloadavg()[0]
+        speed = {m: run_worker(args, "speed", m) for m in SPEED_METHODS}
+        results["speed"] = {"load_before": load, "load_after": os.getloadavg()[0], "threads": args.threads,
+                            "procs": args.procs, "timed_steps": args.steps, "methods": speed}
+        bp = speed["bp"]
+        print(f"\nspeed (load {load:.1f} → {os.getloadavg()[0]:.1f}; {args.steps} timed steps)")
+        print(f"{'method':18} {'samples/s':>9} {'× BP':>6} {'peak RSS MB per process':>40}")
+        for m, r in speed.items():
+            rss = ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mb"].items())
+            print(f"{m:18} {r['samples_per_s']:9.1f} {r['samples_per_s'] / bp['samples_per_s']:6.2f} {rss:>40}")
+        base = bp["baseline_rss_mb"]
+        print(f"(a process that only imported torch/open_clip/retrieval: {base:.0f} MB RSS)")
+    if "model" in args.parts:
+        model = run_worker(args, "model")
+        t, bp1 = model["unit_step_s"], model["bp_step_s"]
+        half = len(t) // 2
+        model.update({"modelled_speedup_S_devices": bp1 / max(t),
+                      "modelled_speedup_2_devices": bp1 / max(sum(t[:half]), sum(t[half:])),
+                      "local_sequential_vs_bp_1thread": bp1 / sum(t)})
+        results["stage_model"] = model
+        print("\nstage model (1 thread each): " + ", ".join(f"unit {k} {s * 1000:.0f} ms" for k, s in enumerate(t))
+              + f"; BP step {bp1 * 1000:.0f} ms")
+        print(f"modelled speed-up over BP: {model['modelled_speedup_2_devices']:.2f}× on 2 devices, "
+              f"{model['modelled_speedup_S_devices']:.2f}× on {len(t)} devices (one stage each)")
+    if "recall" in args.parts:
+        runs = [recall_run(args, v, s) for v in RECALL_VARIANTS
+                for s in (args.pipelined_seeds if v == "local-pipelined" else args.seeds)]
+        summary = {}
+        for v in RECALL_VARIANTS:
+            mine = [r for r in runs if r["variant"] == v]
+            summary[v] = {m: _mean_std([r["test"][m] for r in mine]) for m in METRICS}
+            summary[v]["seeds"] = [r["seed"] for r in mine]
+            summary[v]["samples"] = mine[0]["samples"]
+        results["recall"] = {"runs": runs, "summary": summary}
+        print(f"\ntest recall after {runs[0]['samples']} samples (mean ± std over seeds)")
+        print(f"{'variant':20} {'seeds':>6} " + " ".join(f"{m:>13}" for m in ("i2t_r1", "t2i_r1", "rsum")))
+        for v, s in summary.items():
+            cells = " ".join(f"{s[m][0]:7.2f} ± {s[m][1]:4.2f}" for m in ("i2t_r1", "t2i_r1", "rsum"))
+            print(f"{v:20} {len(s['seeds']):>6} {cells}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
