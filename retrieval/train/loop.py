@@ -21,9 +21,40 @@ from retrieval.train.distributed import DistEnv, init_distributed, shutdown
 from retrieval.train.optim import build_optimizer, build_scheduler
 from retrieval.train.session import end_of_block, log_train, prepare_run, save_last, wall_time
 from retrieval.train.state import Progress, Trainables, restore_training_state
-from retrieval.train.step import build_loss, train_step
+from retrieval.train.step import StepResult, build_loss, train_step
 
 log = logging.getLogger(__name__)
+
+
+class LossWindow:
+    """Mean losses and throughput over the steps since the last log record."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums = {"loss": 0.0, "contrastive_loss": 0.0, "ortho_penalty": 0.0}
+        self.steps = 0
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Start timing from now (after set-up or validation)."""
+        self.start = time.perf_counter()
+
+    def add(self, result: StepResult) -> None:
+        """Account one optimizer step."""
+        self.sums["loss"] += result.loss
+        self.sums["contrastive_loss"] += result.contrastive
+        self.sums["ortho_penalty"] += result.penalty
+        self.steps += 1
+
+    def flush(self, batch_size: int) -> dict[str, float]:
+        """Means since the last flush and samples/s, then start a new window."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        out = {key: value / self.steps for key, value in self.sums.items()}
+        out["samples_per_s"] = round(self.steps * batch_size / elapsed, 1)
+        self._reset()
+        return out
 
 
 def train_bp(cfg: dict[str, Any], out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
@@ -64,8 +95,7 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv)
     batch_size = int(train_cfg["batch_size"])
 
     bar = tqdm(total=stop_at, initial=progress.step, desc="train", unit="step", disable=not env.is_main)
-    window = {"loss": 0.0, "contrastive_loss": 0.0, "ortho_penalty": 0.0, "steps": 0}
-    window_start = time.perf_counter()
+    window = LossWindow()
     val: dict[str, Any] = {}
     while progress.step < stop_at:
         for micro_batches in data.batches(progress.epoch, progress.batch_in_epoch):
@@ -75,25 +105,16 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv)
             progress.step += 1
             progress.batch_in_epoch += 1
             progress.samples += batch_size
-            window["loss"] += result.loss
-            window["contrastive_loss"] += result.contrastive
-            window["ortho_penalty"] += result.penalty
-            window["steps"] += 1
+            window.add(result)
             bar.update()
             if progress.step % log_every == 0 or progress.step == stop_at:
-                elapsed = time.perf_counter() - window_start
-                n = window.pop("steps")
-                rate = n * batch_size / elapsed
                 record = log_train(setup, progress, {
-                    **{key: value / n for key, value in window.items()},
+                    **window.flush(batch_size),
                     "lr": result.lr,
                     "temperature": math.exp(-float(model.logit_scale.detach())),
                     "grad_norm": result.grad_norm,
-                    "samples_per_s": round(rate, 1),
                 })
-                bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{rate:.0f}")
-                window = {"loss": 0.0, "contrastive_loss": 0.0, "ortho_penalty": 0.0, "steps": 0}
-                window_start = time.perf_counter()
+                bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
             if save_every and progress.step % save_every == 0:
                 save_last(setup, cfg, trainables, progress)
             if progress.step >= stop_at:
@@ -102,7 +123,7 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv)
             progress.epoch += 1
             progress.batch_in_epoch = 0
         val = end_of_block(setup, cfg, trainables, progress) or val
-        window_start = time.perf_counter()  # validation time is not training throughput
+        window.restart_clock()  # validation time is not training throughput
     bar.close()
     return {
         "step": progress.step,
