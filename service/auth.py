@@ -1,7 +1,8 @@
 """API-key auth as FastAPI dependencies: `Authorization: Bearer KEY`, compared in constant time.
 
 Writes always need the key (and are refused when the server has none configured); reads need it only
-with `auth_reads`.
+with `auth_reads`. The dependencies are `async def`: FastAPI would run plain `def` ones in its thread
+pool, a thread hop per request for a header check.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def _check(request: Request, settings: Settings) -> None:
         raise HTTPException(401, "invalid API key", headers=_CHALLENGE)
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """Dependency for writes: a valid key, and a server that has one configured."""
     settings: Settings = request.app.state.settings
     if settings.api_key is None:
@@ -32,7 +33,7 @@ def require_api_key(request: Request) -> None:
     _check(request, settings)
 
 
-def require_read_key(request: Request) -> None:
+async def require_read_key(request: Request) -> None:
     """Dependency for reads: a valid key when the server is configured with `auth_reads`."""
     settings: Settings = request.app.state.settings
     if settings.auth_reads and settings.api_key is not None:

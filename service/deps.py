@@ -1,4 +1,8 @@
-"""Shared route dependencies and checks (readiness, limits)."""
+"""Shared route dependencies and checks (readiness, limits).
+
+The dependencies are `async def`: FastAPI would run plain `def` ones in its thread pool, a thread hop
+per request for a dictionary lookup.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from service.engine import Engine
 from service.settings import Settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     """The loaded engine, or 503 while the service is starting or stopping."""
     engine = request.app.state.engine
     if engine is None or not request.app.state.ready:
@@ -16,7 +20,7 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     return request.app.state.settings
 

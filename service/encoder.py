@@ -3,8 +3,9 @@
 A runtime (torch now, ONNX from `retrieval export`) provides: identity (`fingerprint`, `embed_dim`,
 `context_length`), `preprocess_image` (PIL → (3, H, W) float32, run in request threads),
 `encode_pixels` and `encode_texts` (batches → (B, D) L2-normalised float32, run in the single encode
-thread), and `truncated` (which texts exceed the context length). `make_encoder(settings)` picks the
-implementation named by `settings.runtime`.
+thread), and `truncated` (which texts exceed the context length). Optionally `init_thread()`, called
+once in each worker thread before it encodes or preprocesses (intra-op thread settings are per thread).
+`make_encoder(settings)` picks the implementation named by `settings.runtime`.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class TorchEncoder:
         self.fingerprint = loaded.fingerprint
         self.embed_dim = loaded.embed_dim
         self.context_length = loaded.context_length
+        self.threads = torch.get_num_threads()
         # Merging W = Q·diag(Λ)·Pᵀ once saves recomputing it on every forward; outputs are unchanged.
         enn.merge(loaded.model)
         loaded.model.eval()
@@ -76,6 +78,10 @@ class TorchEncoder:
         # Default: all cores but one, which stays with the event loop (HTTP parsing, JSON, FAISS search).
         torch.set_num_threads(settings.torch_threads or max(1, (os.cpu_count() or 2) - 1))
         return cls(load_model(settings.checkpoint, device=settings.device))
+
+    def init_thread(self) -> None:
+        """Apply the intra-op thread count in this worker thread (torch keeps it per thread)."""
+        torch.set_num_threads(self.threads)
 
     def preprocess_image(self, image: Image.Image) -> np.ndarray:
         """open_clip's eval transform."""

@@ -88,10 +88,18 @@ class IndexDir:
                 collection = Collection(modality, read_index(path, mmap=True), info.kind, info.search_params)
         return collection
 
-    def search(self, modality: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """Top-k items of `modality` for each query row (normalised (n, D) float32), best first."""
-        with self._lock:
+    def search(self, modality: str, queries: np.ndarray, k: int, wait: bool = True) -> list[list[Hit]] | None:
+        """Top-k items of `modality` for each query row (normalised (n, D) float32), best first.
+
+        `wait=False` returns None instead of waiting while a write or snapshot holds the index (for callers
+        on an event loop, which then search from a worker thread).
+        """
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
             scores, ids = self.collections[modality].search(queries, k)
+        finally:
+            self._lock.release()
         items = self.store.get([int(i) for i in ids.reshape(-1) if i >= 0])
         return [
             [Hit(items[int(i)], float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0 and int(i) in items]

@@ -36,7 +36,11 @@ def _start(index_dir: Path, checkpoint: Path, log: Path) -> tuple[subprocess.Pop
         except httpx.TransportError:  # not listening yet
             return False
 
-    wait_until(ready, 180, "the server to be ready")
+    try:
+        wait_until(ready, 180, "the server to be ready")
+    except BaseException:
+        process.kill()
+        raise
     return process, url
 
 
