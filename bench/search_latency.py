@@ -239,6 +239,7 @@ def main() -> None:
     image_bodies = [json.dumps({"image_b64": base64.b64encode(p.read_bytes()).decode(), "target": "text", "k": 10})
                     .encode() for p in image_paths]
     process, port = start_server(index, checkpoint, args.threads, work / "server.log")
+    load_before = os.getloadavg()[0]
     runs = {}
     try:
         for name, bodies in (("text→image", text_bodies), ("image→text", image_bodies)):
@@ -249,6 +250,7 @@ def main() -> None:
                                                                 args.seconds)),
             }
         rss = peak_rss_mb(process.pid)
+        load_after = os.getloadavg()[0]
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
@@ -261,11 +263,13 @@ def main() -> None:
         for result in by_clients.values():
             print(f"{name:<12} {result['clients']:>7} {result['requests']:>8} {result['qps']:>8.1f} "
                   f"{result['p50_ms']:>8.2f} {result['p90_ms']:>8.2f} {result['p99_ms']:>8.2f} {result['errors']:>6}")
-    print(f"server peak RSS: {rss:.0f} MiB")
+    print(f"server peak RSS: {rss:.0f} MiB; machine load average (1 min) {load_before:.1f} before, "
+          f"{load_after:.1f} after, on {os.cpu_count()} cores")
 
     report = {
         "date": datetime.date.today().isoformat(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+                    "load_average_1min": {"before": round(load_before, 2), "after": round(load_after, 2)}},
         "command": "python bench/search_latency.py " + " ".join(sys.argv[1:]),
         "model": model_note,
         "fingerprint": fingerprint,
@@ -285,7 +289,8 @@ def main() -> None:
                                   for r in runs.values()),
             "recall_at_10": all(c["recall_at_10"] >= TARGETS["recall_at_10"] for c in manifest["collections"].values()),
         },
-        "note": "the load generator runs on the same cores as the server; other work may have been running",
+        "note": "the load generator runs on the same cores as the server; a load average above the core count "
+                "means other work was competing for them",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
