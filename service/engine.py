@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 from fastapi import HTTPException
 
+from retrieval.errors import UserError
 from retrieval.index import Hit, IndexDir
 from retrieval.store import Item, NewItem
 from service.batching import Batcher
@@ -47,10 +48,10 @@ class Engine:
         self.index = index
         self.text_batcher: Batcher | None = None
         self.image_batcher: Batcher | None = None
-        self._executor: ThreadPoolExecutor | None = None
         # Intra-op thread settings (torch's OpenMP/MKL) are per thread: each worker thread applies the
         # encoder's at start, or a fresh thread runs a 1 ms matmul on default threads in ~20 ms on busy cores.
         init = getattr(encoder, "init_thread", None)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode", initializer=init)
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode", initializer=init)
         # FAISS calls run here: OpenMP's thread count is per calling thread, and a pool thread left at the
         # default (all cores) makes a single-query search spin-wait for helpers — 0.1 ms becomes ~10 ms.
@@ -62,8 +63,6 @@ class Engine:
         """Start batchers and the snapshot task in the running event loop."""
         s = self.settings
         faiss.omp_set_num_threads(1)  # for the searches made on the event loop's thread (see `search`)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode",
-                                            initializer=getattr(self.encoder, "init_thread", None))
 
         def batcher(name: str, fn) -> Batcher:
             made = Batcher(name, fn, self._executor, s.batch_max_size, s.batch_max_wait_ms, s.queue_size,
@@ -85,8 +84,7 @@ class Engine:
         for batcher in (self.text_batcher, self.image_batcher):
             if batcher is not None:
                 await batcher.stop()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=True)
         await self._on_index(self.index.close)
         self._index_pool.shutdown(wait=True)
         self._decode_pool.shutdown(wait=True)
@@ -163,6 +161,6 @@ def load_engine(settings: Settings) -> Engine:
     encoder = make_encoder(settings)
     index = IndexDir(settings.index_dir, mmap=settings.mmap, fingerprint=encoder.fingerprint)
     if index.dim != encoder.embed_dim:
-        raise ValueError(f"index dimension {index.dim} differs from the model's {encoder.embed_dim}")
+        raise UserError(f"index {settings.index_dir} holds {index.dim}-d vectors, the model makes {encoder.embed_dim}-d")
     log.info("loaded model %s and index %s (%s)", encoder.fingerprint, settings.index_dir, index.counts())
     return Engine(settings, encoder, index)
