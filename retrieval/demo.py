@@ -8,6 +8,7 @@ item store) — the paths docker/compose.yaml mounts by default.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -53,6 +54,10 @@ class DemoPaths:
         return self.run / "checkpoints" / "last.pt"
 
     @property
+    def train_stamp(self) -> Path:
+        return self.run / "demo-train.json"
+
+    @property
     def eval_json(self) -> Path:
         return self.run / "eval-test.json"
 
@@ -83,6 +88,26 @@ def checkpoint_fingerprint(path: Path) -> str:
     from retrieval.checkpoint import read_checkpoint
 
     return str(read_checkpoint(path).get("fingerprint", ""))
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """Identity of a resolved run config (the demo's training is reused only for the same one)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def training_done(paths: DemoPaths, digest: str) -> bool:
+    """The demo finished training this config before, and best.pt is still the model it finished with."""
+    try:
+        stamp = json.loads(paths.train_stamp.read_text())
+    except (OSError, ValueError):
+        return False
+    return stamp.get("config") == digest and paths.best.is_file() and stamp.get("fingerprint") == checkpoint_fingerprint(paths.best)
+
+
+def mark_trained(paths: DemoPaths, digest: str) -> None:
+    """Record a finished training (config digest + best.pt fingerprint), so a re-run skips the step."""
+    stamp = {"config": digest, "fingerprint": checkpoint_fingerprint(paths.best)}
+    paths.train_stamp.write_text(json.dumps(stamp) + "\n")
 
 
 def reusable_eval(paths: DemoPaths, fingerprint: str) -> dict[str, Any] | None:

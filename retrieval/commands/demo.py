@@ -85,8 +85,11 @@ def _step(number: int, name: str, action: Callable[[], Any], error_log: Path) ->
     """Run one step; any failure becomes a one-line UserError naming the step (an unexpected one also
     leaves its traceback in `error_log`, for a bug report)."""
     print(f"\n[{number}/{STEPS}] {name}", flush=True)
+    start = time.perf_counter()
     try:
-        return action()
+        result = action()
+        print(f"[{number}/{STEPS}] {name} done in {time.perf_counter() - start:.0f} s", flush=True)
+        return result
     except UserError as err:
         raise UserError(f"step {name} failed: {err}") from None
     except (KeyboardInterrupt, SystemExit):
@@ -113,17 +116,26 @@ def _data(args: argparse.Namespace, paths) -> None:
 
 
 def _train(args: argparse.Namespace, paths) -> None:
-    argv = ["--config", str(args.config), "--out", str(paths.run),
-            "--set", f"data.path={paths.dataset}", "--set", f"data.images={paths.images}"]
+    from retrieval.config import load_config
+    from retrieval.demo import config_digest, mark_trained, training_done
+
+    overrides = [f"data.path={paths.dataset}", f"data.images={paths.images}"]
+    digest = config_digest(load_config(args.config, overrides))
+    if training_done(paths, digest):
+        print(f"reusing {paths.best} (this config was trained to the end; --fresh retrains)")
+        return
+    argv = ["--config", str(args.config), "--out", str(paths.run)]
+    for override in overrides:
+        argv += ["--set", override]
     if paths.last.is_file():
-        # Continues an interrupted run; a finished run returns at once (its step count is reached).
-        print(f"{paths.run} holds a run: resuming it (finished runs return at once; --fresh retrains)")
+        print(f"{paths.run} holds a run: resuming it (a finished one only gets checked)")
         argv.append("--resume")
     else:
         print(f"training {args.config} into {paths.run}")
     _run_command("train", argv)
     if not paths.best.is_file():
         raise UserError(f"training ended without {paths.best} (no validation ran?)")
+    mark_trained(paths, digest)
 
 
 def _eval(paths) -> str:

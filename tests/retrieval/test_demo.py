@@ -37,7 +37,7 @@ def test_demo_runs_end_to_end_then_reuses_its_outputs(tmp_path, capsys):
     assert cli_main(argv) == 0  # second run: nothing is redone
     again = capsys.readouterr().out
     assert f"reusing {paths.eval_json}" in again and f"reusing {paths.index}" in again
-    assert "resuming it" in again and "text → images" in again
+    assert f"reusing {paths.best}" in again and "text → images" in again
 
 
 def test_a_failing_step_is_named_in_one_line(tmp_path, capsys):
