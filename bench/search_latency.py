@@ -46,7 +46,7 @@ def pick_model(given: str | None, work: Path) -> tuple[Path, str]:
     from retrieval.checkpoint import read_checkpoint
 
     best = None
-    for path in sorted(ROOT.glob("runs/*/checkpoints/best.pt")):
+    for path in sorted(ROOT.glob("runs/**/checkpoints/best.pt")):
         rsum = float((read_checkpoint(path).get("metrics") or {}).get("rsum", -1.0))
         if best is None or rsum > best[1]:
             best = (path, rsum)
@@ -160,9 +160,16 @@ async def request(port: int, method: str, path: str, body: bytes, conn=None) -> 
     return status, payload
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_load(port: int, path: str, bodies: list[bytes], clients: int, requests: int | None,
-                   seconds: float | None) -> dict:
-    """`clients` keep-alive clients sending `bodies` round-robin; per-request latency in ms."""
+                   seconds: float | None, server_pid: int) -> dict:
+    """`clients` keep-alive clients sending `bodies` round-robin; per-request latency in ms, and the CPU
+    time server and load generator spent per request (what the QPS would be on idle cores follows)."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds if seconds else None
@@ -186,9 +193,11 @@ async def run_load(port: int, path: str, bodies: list[bytes], clients: int, requ
             n += clients
         conn[1].close()
 
+    server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
     start = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - start
+    server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
     values = np.array(latencies)
     return {
         "clients": clients,
@@ -199,6 +208,8 @@ async def run_load(port: int, path: str, bodies: list[bytes], clients: int, requ
         "p50_ms": round(float(np.percentile(values, 50)), 2),
         "p90_ms": round(float(np.percentile(values, 90)), 2),
         "p99_ms": round(float(np.percentile(values, 99)), 2),
+        "server_cpu_ms_per_request": round(1000 * server_cpu / len(values), 2),
+        "client_cpu_ms_per_request": round(1000 * client_cpu / len(values), 2),
     }
 
 
@@ -243,11 +254,11 @@ def main() -> None:
     runs = {}
     try:
         for name, bodies in (("text→image", text_bodies), ("image→text", image_bodies)):
-            asyncio.run(run_load(port, "/v1/search", bodies, 1, 50, None))  # warm-up
+            asyncio.run(run_load(port, "/v1/search", bodies, 1, 50, None, process.pid))  # warm-up
             runs[name] = {
-                "1 client": asyncio.run(run_load(port, "/v1/search", bodies, 1, args.requests, None)),
+                "1 client": asyncio.run(run_load(port, "/v1/search", bodies, 1, args.requests, None, process.pid)),
                 f"{args.clients} clients": asyncio.run(run_load(port, "/v1/search", bodies, args.clients, None,
-                                                                args.seconds)),
+                                                                args.seconds, process.pid)),
             }
         rss = peak_rss_mb(process.pid)
         load_after = os.getloadavg()[0]
@@ -258,11 +269,13 @@ def main() -> None:
     print(f"model: {model_note}")
     print(f"index: {args.items} items per modality; " + ", ".join(
         f"{m} {c['kind']} {c['search_params']} recall@10 {c['recall_at_10']}" for m, c in manifest["collections"].items()))
-    print(f"{'query':<12} {'clients':>7} {'requests':>8} {'QPS':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"{'query':<12} {'clients':>7} {'requests':>8} {'QPS':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+          f"{'errors':>6} {'server CPU ms/req':>17} {'client CPU ms/req':>17}")
     for name, by_clients in runs.items():
         for result in by_clients.values():
             print(f"{name:<12} {result['clients']:>7} {result['requests']:>8} {result['qps']:>8.1f} "
-                  f"{result['p50_ms']:>8.2f} {result['p90_ms']:>8.2f} {result['p99_ms']:>8.2f} {result['errors']:>6}")
+                  f"{result['p50_ms']:>8.2f} {result['p90_ms']:>8.2f} {result['p99_ms']:>8.2f} {result['errors']:>6} "
+                  f"{result['server_cpu_ms_per_request']:>17.2f} {result['client_cpu_ms_per_request']:>17.2f}")
     print(f"server peak RSS: {rss:.0f} MiB; machine load average (1 min) {load_before:.1f} before, "
           f"{load_after:.1f} after, on {os.cpu_count()} cores")
 

@@ -36,15 +36,6 @@ class Collection:
         self._filter: tuple | None = None  # SearchParameters + the selectors they point to (kept alive)
         set_search_params(index, kind, self.search_params)
 
-    @property
-    def dim(self) -> int:
-        return int(self.index.d)
-
-    @property
-    def size(self) -> int:
-        """Live vectors (stored minus tombstones)."""
-        return int(self.index.ntotal) - len(self.tombstones)
-
     def configure(self, search_params: dict[str, Any]) -> None:
         """Switch to other search parameters (tuning, or an operator's override)."""
         self.search_params = dict(search_params)
