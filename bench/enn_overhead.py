@@ -6,7 +6,7 @@ plain vs ENN-"penalty" (penalty term included in the loss) vs ENN-"exact". Infer
 without ``parametrize.cached()`` for reference. Variants run interleaved, round-robin, in one process,
 and each time is the median of ``--runs`` after ``--warmup`` steps, so ratios share the same conditions.
 
-Usage: .venv/bin/python bench/enn_overhead.py [--runs 7] [--warmup 2] [--threads 2]
+Usage: .venv/bin/python bench/enn_overhead.py [--runs 7] [--warmup 2] [--threads 2[,1]]
 Writes bench/results/enn_overhead.json.
 """
 
@@ -16,6 +16,7 @@ import argparse
 import copy
 import datetime
 import json
+import os
 import platform
 import statistics
 import time
@@ -147,10 +148,12 @@ def bench_tower(name: str, runs: int, warmup: int) -> dict:
     return out
 
 
-def print_table(results: dict) -> None:
-    """Human-readable summary: one line per tower, section and variant (ratios are vs plain, same run)."""
+def print_table(setting: dict) -> None:
+    """Human-readable summary of one thread setting (ratios are vs plain, measured in the same run)."""
+    load = ", ".join(f"{x:.1f}" for x in setting["loadavg_before"])
+    print(f"\nthreads={setting['threads']}  (1-min/5-min/15-min load average before: {load})")
     print(f"{'tower':6} {'measure':8} {'variant':15} {'wall ms':>9} {'x plain':>8} {'cpu ms':>9} {'x plain':>8} {'target':>7}")
-    for tower, res in results["towers"].items():
+    for tower, res in setting["towers"].items():
         for section in ("train", "forward"):
             for variant, row in res[section].items():
                 target = TARGETS.get(variant) if section == "train" else (1.0 if variant == "merged" else None)
@@ -165,30 +168,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="timed runs per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs per variant")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--threads", default="2", help="comma list of torch.set_num_threads values to run")
     parser.add_argument("--towers", default="vit,text", help="comma list of: " + ",".join(TOWERS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.runs < 5:
         parser.error("--runs must be at least 5")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    results = {
-        "benchmark": "enn_overhead",
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
-        "device": "cpu",
-        "threads": args.threads,
-        "machine": platform.processor() or platform.machine(),
-        "runs": args.runs,
-        "warmup": args.warmup,
-        "penalty_weight": PENALTY_WEIGHT,
-        "targets": {"train_penalty": TARGETS["penalty"], "train_exact": TARGETS["exact"], "forward_merged": 1.0},
-        "towers": {name: bench_tower(name, args.runs, args.warmup) for name in args.towers.split(",")},
-    }
-    print_table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    towers = args.towers.split(",")
+    if unknown := set(towers) - set(TOWERS):
+        parser.error(f"unknown towers {sorted(unknown)}; choose from {sorted(TOWERS)}")
+    # Results for other thread counts already in the file are kept, so settings can be run at different times.
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results.update(
+        {
+            "benchmark": "enn_overhead",
+            "command": "bench/enn_overhead.py",
+            "torch": torch.__version__,
+            "device": "cpu",
+            "machine": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "penalty_weight": PENALTY_WEIGHT,
+            "targets": {"train_penalty": TARGETS["penalty"], "train_exact": TARGETS["exact"], "forward_merged": 1.0},
+        }
+    )
+    by_threads = results.setdefault("by_threads", {})
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        setting = {
+            "threads": threads,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "loadavg_before": list(os.getloadavg()),
+            "towers": {name: bench_tower(name, args.runs, args.warmup) for name in towers},
+        }
+        setting["loadavg_after"] = list(os.getloadavg())
+        by_threads[str(threads)] = setting
+        print_table(setting)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -144,18 +144,21 @@ def merge(module: nn.Module) -> nn.Module:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"merge() expects a torch.nn.Module, got {type(module).__name__}")
-    for _, mod in list(module.named_modules()):
+    plan = []
+    for name, mod in module.named_modules():
         if not parametrize.is_parametrized(mod):
             continue
+        names = [t for t, plist in mod.parametrizations.items() if isinstance(plist[0], EnnWeight)]
+        for tensor_name in names:
+            if len(mod.parametrizations[tensor_name]) > 1:
+                raise ValueError(f"{name}.{tensor_name} has other parametrizations stacked on ENN; remove them first")
+        if names:
+            plan.append((mod, names))
+    for mod, names in plan:
         _own_class(mod)
         order: tuple[str, ...] = ()
-        for tensor_name in list(mod.parametrizations.keys()):
-            plist = mod.parametrizations[tensor_name]
-            if not isinstance(plist[0], EnnWeight):
-                continue
-            if len(plist) > 1:
-                raise ValueError(f"{type(mod).__name__}.{tensor_name} has parametrizations stacked on ENN")
-            enn = plist[0]
+        for tensor_name in names:
+            enn = mod.parametrizations[tensor_name][0]
             order = enn.param_order
             with torch.no_grad():
                 parametrize.remove_parametrizations(mod, tensor_name, leave_parametrized=True)

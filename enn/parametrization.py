@@ -49,6 +49,8 @@ def orthonormalize(a: Tensor) -> Tensor:
     Householder QR keeps the result orthonormal to float precision however ill-conditioned ``a`` gets, and the
     map is smooth for full-rank ``a``, so gradients flow to the unconstrained pre-image.
     """
+    if a.dtype in (torch.float16, torch.bfloat16):  # LAPACK/cuSOLVER QR has no half-precision kernels
+        return _OrthonormalFactor.apply(a.float()).to(a.dtype)
     return _OrthonormalFactor.apply(a)
 
 

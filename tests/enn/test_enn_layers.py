@@ -71,9 +71,10 @@ def test_parameter_groups_by_role() -> None:
     assert enn.parameter_role("0.bias") == "other"
 
 
-def test_bf16_autocast_forward_on_cpu() -> None:
+@pytest.mark.parametrize("ortho", ["penalty", "exact"])
+def test_bf16_autocast_forward_on_cpu(ortho: str) -> None:
     torch.manual_seed(0)
-    model = enn.convert(nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8)))
+    model = enn.convert(nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8)), ortho=ortho)
     x = torch.randn(4, 16)
     ref = model(x).detach()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -82,6 +83,8 @@ def test_bf16_autocast_forward_on_cpu() -> None:
     assert out.dtype == torch.bfloat16
     assert_close_scaled(out.float(), ref, rel=5e-2)
     assert penalty.dtype == torch.float32 and penalty.item() < 1e-9
+    out.float().sum().backward()  # and the backward runs through the bf16 graph to the factors
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_cached_parametrization_for_inference() -> None:
@@ -100,3 +103,20 @@ def test_cuda_round_trip() -> None:
     enn.convert(model, ortho="exact")
     assert_close_scaled(model[0](x), ref)
     assert enn.orthogonality_error(model) < 1e-5
+
+
+@pytest.mark.parametrize("ortho", ["penalty", "exact"])
+def test_bfloat16_parameters(ortho: str) -> None:
+    """Half-precision models (e.g. open_clip precision='pure_bf16') convert and train; QR runs in float32."""
+    torch.manual_seed(0)
+    layer = nn.Linear(12, 6).to(torch.bfloat16)
+    x = torch.randn(3, 12, dtype=torch.bfloat16)
+    ref = layer(x).detach()
+    enn.convert(layer, ortho=ortho)
+    w = dict(enn.enn_weights(layer))["weight"]
+    assert w.lam.dtype == torch.bfloat16
+    out = layer(x)
+    assert out.dtype == torch.bfloat16
+    assert_close_scaled(out.float(), ref.float(), rel=3e-2)
+    (out.float().sum() + enn.orthogonality_loss(layer)).backward()
+    assert w.lam.grad is not None and torch.isfinite(w.lam.grad).all()

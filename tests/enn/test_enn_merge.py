@@ -123,3 +123,11 @@ def test_merging_a_deep_copy_leaves_the_original_converted() -> None:
     twin = copy.deepcopy(model)
     enn.merge(model)
     assert_close_scaled(twin[0](x), ref)
+
+
+def test_merge_refuses_parametrizations_stacked_on_enn() -> None:
+    model = enn.convert(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)))
+    nn.utils.parametrize.register_parametrization(model[1], "weight", nn.Identity())
+    with pytest.raises(ValueError, match="1.weight has other parametrizations stacked"):
+        enn.merge(model)
+    assert {n for n, _ in enn.enn_weights(model)} == {"0.weight", "1.weight"}  # nothing half-merged
