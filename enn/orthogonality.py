@@ -59,6 +59,6 @@ def orthogonality_error(module: nn.Module) -> float:
     worst = 0.0
     for _, w in enn_weights(module):
         for basis in w.bases():
-            dev = _gram_deviation(basis.float())
+            dev = _gram_deviation(basis.double())  # float64 so the metric adds no rounding of its own
             worst = max(worst, torch.linalg.matrix_norm(dev).max().item())
     return worst
