@@ -96,10 +96,10 @@ class EnnWeight(nn.Module):
         r = min(m, n)
         lead = (blocks,) if blocks > 1 else ()
         kw = {"device": weight.device, "dtype": weight.dtype}
-        # Filled by right_inverse (called by register_parametrization); empty until then.
         grad = weight.requires_grad
         suffix = "_raw" if ortho == "exact" else ""
-        # Registered in the order Q, Λ, P so state_dict reads like the formula.
+        # Empty until right_inverse (called by register_parametrization) fills them; registered in the
+        # order Q, Λ, P so the state_dict reads like the formula.
         self.register_parameter("Q" + suffix, nn.Parameter(torch.empty(*lead, m, r, **kw), grad))
         self.lam = nn.Parameter(torch.empty(*lead, r, **kw), grad)
         self.register_parameter("P" + suffix, nn.Parameter(torch.empty(*lead, n, r, **kw), grad))

@@ -120,3 +120,17 @@ def test_bfloat16_parameters(ortho: str) -> None:
     assert_close_scaled(out.float(), ref.float(), rel=3e-2)
     (out.float().sum() + enn.orthogonality_loss(layer)).backward()
     assert w.lam.grad is not None and torch.isfinite(w.lam.grad).all()
+
+
+@pytest.mark.parametrize("ortho", ["penalty", "exact"])
+def test_assigning_a_plain_weight_refactorises_in_place(ortho: str) -> None:
+    torch.manual_seed(0)
+    layer = enn.EnnLinear(6, 4, ortho=ortho)
+    w = dict(enn.enn_weights(layer))["weight"]
+    lam_before = w.lam
+    new_weight = torch.randn(4, 6)
+    layer.weight = new_weight
+    torch.testing.assert_close(layer.weight, new_weight, rtol=1e-5, atol=1e-5)
+    assert w.lam is lam_before  # same Parameter objects, so an existing optimizer keeps working
+    with pytest.raises(ValueError, match="expected a weight of shape"):
+        layer.weight = torch.randn(6, 4)
