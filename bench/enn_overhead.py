@@ -33,13 +33,14 @@ import enn
 RESULTS = Path(__file__).resolve().parent / "results" / "enn_overhead.json"
 PENALTY_WEIGHT = 1e-4
 TARGETS = {"penalty": 1.10, "exact": 1.50}
+DEFAULT_BATCH = 64
 TOWERS = {
-    "vit": {"image_size": 64, "patch_size": 8, "width": 256, "layers": 6, "heads": 4, "batch": 64},
-    "text": {"context_length": 32, "vocab_size": 49408, "width": 256, "layers": 6, "heads": 4, "batch": 64},
+    "vit": {"image_size": 64, "patch_size": 8, "width": 256, "layers": 6, "heads": 4},
+    "text": {"context_length": 32, "vocab_size": 49408, "width": 256, "layers": 6, "heads": 4},
 }
 
 
-def build_tower(name: str) -> tuple[nn.Module, torch.Tensor]:
+def build_tower(name: str, batch: int) -> tuple[nn.Module, torch.Tensor]:
     """One open_clip tower (as open_clip builds it) and a batch of inputs for it."""
     cfg = TOWERS[name]
     g = torch.Generator().manual_seed(0)
@@ -48,13 +49,13 @@ def build_tower(name: str) -> tuple[nn.Module, torch.Tensor]:
             image_size=cfg["image_size"], patch_size=cfg["patch_size"], width=cfg["width"],
             layers=cfg["layers"], heads=cfg["heads"], mlp_ratio=4.0, output_dim=cfg["width"],
         )
-        x = torch.randn(cfg["batch"], 3, cfg["image_size"], cfg["image_size"], generator=g)
+        x = torch.randn(batch, 3, cfg["image_size"], cfg["image_size"], generator=g)
     else:
         model = TextTransformer(
             context_length=cfg["context_length"], vocab_size=cfg["vocab_size"], width=cfg["width"],
             heads=cfg["heads"], layers=cfg["layers"], output_dim=cfg["width"],
         )
-        x = torch.randint(1, cfg["vocab_size"], (cfg["batch"], cfg["context_length"]), generator=g)
+        x = torch.randint(1, cfg["vocab_size"], (batch, cfg["context_length"]), generator=g)
     return model, x
 
 
@@ -109,9 +110,9 @@ def time_interleaved(
     return times
 
 
-def bench_tower(name: str, runs: int, warmup: int) -> dict:
+def bench_tower(name: str, batch: int, runs: int, warmup: int) -> dict:
     """Train-step and forward timings for one tower; returns medians (ms), ratios and raw times."""
-    plain, x = build_tower(name)
+    plain, x = build_tower(name, batch)
     penalty = enn.convert(copy.deepcopy(plain), ortho="penalty")
     exact = enn.convert(copy.deepcopy(plain), ortho="exact")
     train = time_interleaved(
@@ -134,7 +135,7 @@ def bench_tower(name: str, runs: int, warmup: int) -> dict:
         },
         runs, warmup,
     )
-    out = {"config": TOWERS[name], "train": {}, "forward": {}}
+    out = {"config": {**TOWERS[name], "batch": batch}, "train": {}, "forward": {}}
     for section, times in (("train", train), ("forward", forward)):
         base = {clock: statistics.median(times["plain"][clock]) for clock in ("wall", "cpu")}
         for variant, clocks in times.items():
@@ -151,7 +152,7 @@ def bench_tower(name: str, runs: int, warmup: int) -> dict:
 def print_table(setting: dict) -> None:
     """Human-readable summary of one thread setting (ratios are vs plain, measured in the same run)."""
     load = ", ".join(f"{x:.1f}" for x in setting["loadavg_before"])
-    print(f"\nthreads={setting['threads']}  (1-min/5-min/15-min load average before: {load})")
+    print(f"\nthreads={setting['threads']} batch={setting['batch']}  (load average 1/5/15 min before: {load})")
     print(f"{'tower':6} {'measure':8} {'variant':15} {'wall ms':>9} {'x plain':>8} {'cpu ms':>9} {'x plain':>8} {'target':>7}")
     for tower, res in setting["towers"].items():
         for section in ("train", "forward"):
@@ -170,6 +171,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs per variant")
     parser.add_argument("--threads", default="2", help="comma list of torch.set_num_threads values to run")
     parser.add_argument("--towers", default="vit,text", help="comma list of: " + ",".join(TOWERS))
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="batch size (the overhead scales ~ r/tokens)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.runs < 5:
@@ -177,7 +179,7 @@ def main() -> None:
     towers = args.towers.split(",")
     if unknown := set(towers) - set(TOWERS):
         parser.error(f"unknown towers {sorted(unknown)}; choose from {sorted(TOWERS)}")
-    # Results for other thread counts already in the file are kept, so settings can be run at different times.
+    # Results of other settings (threads, batch) already in the file are kept, so they can be run separately.
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results.update(
         {
@@ -191,20 +193,21 @@ def main() -> None:
             "targets": {"train_penalty": TARGETS["penalty"], "train_exact": TARGETS["exact"], "forward_merged": 1.0},
         }
     )
-    by_threads = results.setdefault("by_threads", {})
+    settings = results.setdefault("settings", {})
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         setting = {
             "threads": threads,
+            "batch": args.batch,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "runs": args.runs,
             "warmup": args.warmup,
             "loadavg_before": list(os.getloadavg()),
-            "towers": {name: bench_tower(name, args.runs, args.warmup) for name in towers},
+            "towers": {name: bench_tower(name, args.batch, args.runs, args.warmup) for name in towers},
         }
         setting["loadavg_after"] = list(os.getloadavg())
-        by_threads[str(threads)] = setting
+        settings[f"threads={threads} batch={args.batch}"] = setting
         print_table(setting)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
