@@ -83,6 +83,13 @@ def test_resume_without_a_checkpoint(capsys, tmp_path, synth_dataset):
     assert "config.yaml" in line
 
 
+def test_bad_thread_count(capsys, tmp_path, synth_dataset):
+    config = _config(tmp_path, synth_dataset)
+    line = _error_line(*_train(capsys, "--config", str(config), "--out", str(tmp_path / "r"),
+                               "--set", "training.threads=0"))
+    assert "training.threads" in line
+
+
 def test_batch_larger_than_the_training_set(capsys, tmp_path, synth_dataset):
     config = _config(tmp_path, synth_dataset)
     line = _error_line(*_train(capsys, "--config", str(config), "--out", str(tmp_path / "r"),

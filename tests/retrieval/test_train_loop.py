@@ -132,3 +132,19 @@ def test_fine_tuning_starts_from_the_pretrained_function(synth_dataset, tmp_path
                                    atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(loaded.model.encode_text(tokens), plain.model.encode_text(tokens),
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_cpu_threads_leave_room_for_data_workers(tiny_config, monkeypatch):
+    from retrieval.train.session import set_cpu_threads
+
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    tiny_config["training"]["threads"] = None
+    tiny_config["data"]["workers"] = 1
+    assert set_cpu_threads(tiny_config, env) == 3 == torch.get_num_threads()
+    tiny_config["data"]["workers"] = 8
+    assert set_cpu_threads(tiny_config, env) == 1
+    tiny_config["training"]["threads"] = 2
+    assert set_cpu_threads(tiny_config, env) == 2
+    torch.set_num_threads(1)

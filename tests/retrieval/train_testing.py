@@ -34,6 +34,7 @@ def train_overrides(dataset: Any, *extra: str) -> list[str]:
         "training.save_every_steps=2",
         "training.eval_batch_size=16",
         "training.device=cpu",
+        "training.threads=1",
         *extra,
     ]
 
