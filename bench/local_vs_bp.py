@@ -53,6 +53,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--procs", type=int, default=2, help="pipelined: processes (1 thread each)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per method (speed)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="speed: rounds over the methods (interleaved, so load drift hits all alike); medians")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pipelined-seeds", type=int, nargs="+", default=[0],
                         help="seeds for the local-pipelined recall check (same parameters as sequential)")
@@ -148,7 +150,7 @@ def speed_worker(args: argparse.Namespace) -> dict:
 
 
 def model_worker(args: argparse.Namespace) -> dict:
-    """One thread: each unit's train_step time, and the BP step time, medians over the timed steps."""
+    """One thread: each unit's train_step CPU time, and the BP step's, medians over the timed steps."""
     import torch
 
     from retrieval.train.local_units import build_units
@@ -159,20 +161,21 @@ def model_worker(args: argparse.Namespace) -> dict:
     total = args.warmup + args.steps
     bp_model = copy.deepcopy(towers.model)
     units = build_units(cfg, towers.model, env.device, total)
+    # CPU time of this single-threaded process: robust to other processes sharing the cores.
     unit_times: list[list[float]] = [[] for _ in units]
     for step in range(total):
         micro = [(img, tok, tok) for img, tok in batches[step % len(batches)]]
         for k, unit in enumerate(units):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             micro, _ = unit.train_step(micro)
-            unit_times[k].append(time.perf_counter() - t0)
+            unit_times[k].append(time.process_time() - t0)
     optimizer = build_optimizer(bp_model, cfg["training"])
     scheduler, loss_fn = build_scheduler(optimizer, cfg["training"], total), build_loss(env)
     bp_times = []
     for step in range(total):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         train_step(bp_model, bp_model, batches[step % len(batches)], loss_fn, optimizer, scheduler, cfg, env)
-        bp_times.append(time.perf_counter() - t0)
+        bp_times.append(time.process_time() - t0)
     med = [statistics.median(t[args.warmup:]) for t in unit_times]
     return {"unit_step_s": med, "bp_step_s": statistics.median(bp_times[args.warmup:]),
             "threads": torch.get_num_threads()}
@@ -192,7 +195,10 @@ def run_worker(args: argparse.Namespace, kind: str, method: str = "") -> dict:
 
 
 def retrieval(*cli: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "retrieval", *cli], capture_output=True, text=True)
+    # One thread per process: recall does not depend on speed, the shared cores are used without OpenMP
+    # contention, and sequential ENN-ℓ then runs with the pipelined processes' thread count (same bits).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "retrieval", *cli], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         sys.exit(f"retrieval {' '.join(cli)} failed:\n{result.stderr[-3000:]}")
     return result.stdout
@@ -234,6 +240,12 @@ def _test_metrics(path: Path) -> dict:
     return {m: float(row[m]) for m in METRICS}
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median throughput (its memory numbers come with it), plus the spread."""
+    ordered = sorted(runs, key=lambda r: r["samples_per_s"])
+    return {**ordered[len(ordered) // 2], "samples_per_s_all": [r["samples_per_s"] for r in runs]}
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -250,9 +262,11 @@ def main() -> None:
                     "command": " ".join([Path(sys.executable).name, *sys.argv])})
     if "speed" in args.parts:
         load = os.getloadavg()[0]
-        speed = {m: run_worker(args, "speed", m) for m in SPEED_METHODS}
+        rounds = [{m: run_worker(args, "speed", m) for m in SPEED_METHODS} for _ in range(args.repeats)]
+        speed = {m: _median_run([r[m] for r in rounds]) for m in SPEED_METHODS}
         results["speed"] = {"load_before": load, "load_after": os.getloadavg()[0], "threads": args.threads,
-                            "procs": args.procs, "timed_steps": args.steps, "methods": speed}
+                            "procs": args.procs, "timed_steps": args.steps, "repeats": args.repeats,
+                            "methods": speed, "rounds": rounds}
         bp = speed["bp"]
         print(f"\nspeed (load {load:.1f} → {os.getloadavg()[0]:.1f}; {args.steps} timed steps)")
         print(f"{'method':18} {'samples/s':>9} {'× BP':>6} {'peak RSS MB per process':>40}")
@@ -269,7 +283,7 @@ def main() -> None:
                       "modelled_speedup_2_devices": bp1 / max(sum(t[:half]), sum(t[half:])),
                       "local_sequential_vs_bp_1thread": bp1 / sum(t)})
         results["stage_model"] = model
-        print("\nstage model (1 thread each): " + ", ".join(f"unit {k} {s * 1000:.0f} ms" for k, s in enumerate(t))
+        print("\nstage model (1 thread, CPU time per step): " + ", ".join(f"unit {k} {s * 1000:.0f} ms" for k, s in enumerate(t))
               + f"; BP step {bp1 * 1000:.0f} ms")
         print(f"modelled speed-up over BP: {model['modelled_speedup_2_devices']:.2f}× on 2 devices, "
               f"{model['modelled_speedup_S_devices']:.2f}× on {len(t)} devices (one stage each)")

@@ -41,6 +41,8 @@ def build_units(
     """
     train = cfg["training"]
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
+    # Move first: units record the model's tensors (buffers included), and `.to` replaces buffer objects.
+    model.to(device)
     try:
         units = make_units(
             model,
