@@ -179,7 +179,7 @@ def main() -> None:
     towers = args.towers.split(",")
     if unknown := set(towers) - set(TOWERS):
         parser.error(f"unknown towers {sorted(unknown)}; choose from {sorted(TOWERS)}")
-    # Results of other settings (threads, batch) already in the file are kept, so they can be run separately.
+    # Earlier runs in the file are kept (appended to), so repeats on a noisy shared machine stay visible.
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results.update(
         {
@@ -193,7 +193,7 @@ def main() -> None:
             "targets": {"train_penalty": TARGETS["penalty"], "train_exact": TARGETS["exact"], "forward_merged": 1.0},
         }
     )
-    settings = results.setdefault("settings", {})
+    history = results.setdefault("measurements", [])
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         torch.manual_seed(0)
@@ -207,7 +207,7 @@ def main() -> None:
             "towers": {name: bench_tower(name, args.batch, args.runs, args.warmup) for name in towers},
         }
         setting["loadavg_after"] = list(os.getloadavg())
-        settings[f"threads={threads} batch={args.batch}"] = setting
+        history.append(setting)
         print_table(setting)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
