@@ -2,8 +2,8 @@
 
 1. speed: preprocessed synth batches held in memory (no image decoding in the timed loop), each method
    in a fresh process: BP (one process, --threads threads), ENN-ℓ sequential (the same), ENN-ℓ
-   pipelined (--procs processes × 1 thread). samples/s over timed steps after warm-up; peak RSS
-   (VmHWM) per process, also above the RSS of a process that has only imported the libraries.
+   pipelined (--procs processes × 1 thread), and BP with one thread. samples/s over timed steps after warm-up; per process,
+   peak RSS (VmHWM, counts shared library pages in full) and sampled peak USS (private memory only).
 2. stage model: each unit's step time and the BP step time, one thread each → the pipeline time per
    batch with one core/device per stage (max stage time) against BP on one, for 2 and S devices.
 3. recall: `retrieval train` for the same number of samples per method × seed, then `retrieval eval`
@@ -26,18 +26,22 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+# method -> (config overrides, torch threads: None = --threads)
 SPEED_METHODS = {
-    "bp": ["training.method=bp"],
-    "local-sequential": ["training.method=local"],
-    "local-pipelined": ["training.method=local", "training.pipeline=true"],
+    "bp": (["training.method=bp"], None),
+    "bp-1thread": (["training.method=bp"], 1),
+    "local-sequential": (["training.method=local"], None),
+    "local-pipelined": (["training.method=local", "training.pipeline=true"], 1),
 }
 RECALL_VARIANTS = {
     "bp": ["training.method=bp"],
     "local": ["training.method=local", "training.local_head=random"],
     "local-learned-heads": ["training.method=local", "training.local_head=learned"],
+    "local-2-stages": ["training.method=local", "training.local_head=random", "training.stages=2"],
     "local-pipelined": ["training.method=local", "training.local_head=random", "training.pipeline=true"],
 }
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -56,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3,
                         help="speed: rounds over the methods (interleaved, so load drift hits all alike); medians")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(RECALL_VARIANTS), choices=list(RECALL_VARIANTS),
+                        help="recall: which variants to train (finished runs of the others are still summarised)")
     parser.add_argument("--pipelined-seeds", type=int, nargs="+", default=[0],
                         help="seeds for the local-pipelined recall check (same parameters as sequential)")
     parser.add_argument("--runs", default="runs/local_vs_bp")
@@ -74,6 +80,39 @@ def _status_kb(pid: int | str, field: str) -> int:
     raise KeyError(field)
 
 
+def _private_kb(pid: int | str) -> tuple[int, int]:
+    """(USS, PSS) in kB: memory only this process holds, and its share of pages it shares with others.
+    RSS counts the ~520 MB of torch's shared-library pages in full in every process; USS does not."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value = line.split()[:2]
+        fields[name.rstrip(":")] = int(value)
+    return fields["Private_Clean"] + fields["Private_Dirty"], fields["Pss"]
+
+
+class PeakSampler(threading.Thread):
+    """Polls USS/PSS of some processes every `interval` s and keeps each one's maximum: the kernel
+    records a peak only for RSS (VmHWM). Peaks shorter than the interval can be missed."""
+
+    def __init__(self, pids: dict[str, int | str], interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.interval = pids, interval
+        self.peak = {name: (0, 0) for name in pids}
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            for name, pid in self.pids.items():
+                uss, pss = _private_kb(pid)
+                old = self.peak[name]
+                self.peak[name] = (max(old[0], uss), max(old[1], pss))
+
+    def finish(self) -> dict[str, dict[str, float]]:
+        self._done.set()
+        self.join()
+        return {name: {"uss_mb": u / 1024, "pss_mb": p / 1024} for name, (u, p) in self.peak.items()}
+
+
 def _setup(args: argparse.Namespace, method_overrides: list[str], threads: int):
     """Config, towers and in-memory batches; returns also the RSS after imports (the baseline)."""
     import torch
@@ -87,6 +126,7 @@ def _setup(args: argparse.Namespace, method_overrides: list[str], threads: int):
 
     torch.set_num_threads(threads)
     baseline_kb = _status_kb("self", "VmRSS")
+    baseline_uss_kb = _private_kb("self")[0]
     cfg = load_config(args.config, [*args.overrides, *method_overrides, "data.workers=0",
                                     f"training.pipeline_procs={args.procs}", "training.pipeline_threads=1"])
     seed_everything(int(cfg["training"]["seed"]))
@@ -99,7 +139,7 @@ def _setup(args: argparse.Namespace, method_overrides: list[str], threads: int):
         batches.append(micro)
         if len(batches) == 4:
             break
-    return cfg, towers, env, batches, baseline_kb
+    return cfg, towers, env, batches, baseline_kb, baseline_uss_kb
 
 
 def speed_worker(args: argparse.Namespace) -> dict:
@@ -110,9 +150,10 @@ def speed_worker(args: argparse.Namespace) -> dict:
     from retrieval.train.step import build_loss, train_step
 
     pipelined = args.method == "local-pipelined"
-    cfg, towers, env, batches, baseline_kb = _setup(args, SPEED_METHODS[args.method], 1 if pipelined else args.threads)
+    overrides, threads = SPEED_METHODS[args.method]
+    cfg, towers, env, batches, baseline_kb, baseline_uss_kb = _setup(args, overrides, threads or args.threads)
     model, total = towers.model, args.warmup + args.steps
-    if args.method == "bp":
+    if args.method.startswith("bp"):
         optimizer = build_optimizer(model, cfg["training"])
         scheduler, loss_fn = build_scheduler(optimizer, cfg["training"], total), build_loss(env)
 
@@ -132,6 +173,9 @@ def speed_worker(args: argparse.Namespace) -> dict:
                   else SequentialRunner(units))
         runner.__enter__()
         close = lambda: runner.__exit__(None, None, None)  # noqa: E731
+    children = runner.pipe.pids if pipelined else []
+    sampler = PeakSampler({"main": "self", **{f"stage_proc_{i}": pid for i, pid in enumerate(children)}})
+    sampler.start()
     for step in range(1, args.warmup + 1):
         runner.submit(step, batches[step % len(batches)])
     runner.wait(args.warmup)
@@ -140,13 +184,14 @@ def speed_worker(args: argparse.Namespace) -> dict:
         runner.submit(step, batches[step % len(batches)])
     runner.wait(total)
     elapsed = time.perf_counter() - start
-    children = runner.pipe.pids if pipelined else []
+    private = sampler.finish()
     rss = {"main": _status_kb("self", "VmHWM")}
     rss.update({f"stage_proc_{i}": _status_kb(pid, "VmHWM") for i, pid in enumerate(children)})
     close()
     batch = int(cfg["training"]["batch_size"])
     return {"samples_per_s": args.steps * batch / elapsed, "step_s": elapsed / args.steps,
-            "peak_rss_mb": {k: v / 1024 for k, v in rss.items()}, "baseline_rss_mb": baseline_kb / 1024}
+            "peak_rss_mb": {k: v / 1024 for k, v in rss.items()}, "baseline_rss_mb": baseline_kb / 1024,
+            "peak_private_mb": private, "baseline_uss_mb": baseline_uss_kb / 1024}
 
 
 def model_worker(args: argparse.Namespace) -> dict:
@@ -157,7 +202,7 @@ def model_worker(args: argparse.Namespace) -> dict:
     from retrieval.train.optim import build_optimizer, build_scheduler
     from retrieval.train.step import build_loss, train_step
 
-    cfg, towers, env, batches, _ = _setup(args, ["training.method=local"], 1)
+    cfg, towers, env, batches, _, _ = _setup(args, ["training.method=local"], 1)
     total = args.warmup + args.steps
     bp_model = copy.deepcopy(towers.model)
     units = build_units(cfg, towers.model, env.device, total)
@@ -269,12 +314,14 @@ def main() -> None:
                             "methods": speed, "rounds": rounds}
         bp = speed["bp"]
         print(f"\nspeed (load {load:.1f} → {os.getloadavg()[0]:.1f}; {args.steps} timed steps)")
-        print(f"{'method':18} {'samples/s':>9} {'× BP':>6} {'peak RSS MB per process':>40}")
+        print(f"{'method':18} {'samples/s':>9} {'× BP':>6}  peak RSS / peak USS (MB) per process; × BP")
+        bp_rss, bp_uss = bp["peak_rss_mb"]["main"], bp["peak_private_mb"]["main"]["uss_mb"]
         for m, r in speed.items():
-            rss = ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mb"].items())
-            print(f"{m:18} {r['samples_per_s']:9.1f} {r['samples_per_s'] / bp['samples_per_s']:6.2f} {rss:>40}")
-        base = bp["baseline_rss_mb"]
-        print(f"(a process that only imported torch/open_clip/retrieval: {base:.0f} MB RSS)")
+            mem = ", ".join(f"{k} {v:.0f} ({v / bp_rss:.2f}×) / {r['peak_private_mb'][k]['uss_mb']:.0f} "
+                            f"({r['peak_private_mb'][k]['uss_mb'] / bp_uss:.2f}×)" for k, v in r["peak_rss_mb"].items())
+            print(f"{m:18} {r['samples_per_s']:9.1f} {r['samples_per_s'] / bp['samples_per_s']:6.2f}  {mem}")
+        print(f"(a process that only imported torch/open_clip/retrieval: {bp['baseline_rss_mb']:.0f} MB RSS, "
+              f"{bp['baseline_uss_mb']:.0f} MB USS)")
     if "model" in args.parts:
         model = run_worker(args, "model")
         t, bp1 = model["unit_step_s"], model["bp_step_s"]
@@ -288,11 +335,17 @@ def main() -> None:
         print(f"modelled speed-up over BP: {model['modelled_speedup_2_devices']:.2f}× on 2 devices, "
               f"{model['modelled_speedup_S_devices']:.2f}× on {len(t)} devices (one stage each)")
     if "recall" in args.parts:
-        runs = [recall_run(args, v, s) for v in RECALL_VARIANTS
-                for s in (args.pipelined_seeds if v == "local-pipelined" else args.seeds)]
+        for v in args.variants:
+            for s in args.pipelined_seeds if v == "local-pipelined" else args.seeds:
+                recall_run(args, v, s)
+        runs = [json.loads(p.read_text()) for v in RECALL_VARIANTS
+                for s in (args.pipelined_seeds if v == "local-pipelined" else args.seeds)
+                if (p := Path(args.runs) / f"{v}-seed{s}" / "bench.json").is_file()]
         summary = {}
         for v in RECALL_VARIANTS:
             mine = [r for r in runs if r["variant"] == v]
+            if not mine:
+                continue
             summary[v] = {m: _mean_std([r["test"][m] for r in mine]) for m in METRICS}
             summary[v]["seeds"] = [r["seed"] for r in mine]
             summary[v]["samples"] = mine[0]["samples"]
