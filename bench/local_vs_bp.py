@@ -60,8 +60,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3,
                         help="speed: rounds over the methods (interleaved, so load drift hits all alike); medians")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(RECALL_VARIANTS), choices=list(RECALL_VARIANTS),
-                        help="recall: which variants to train (finished runs of the others are still summarised)")
+    parser.add_argument("--variants", nargs="*", default=list(RECALL_VARIANTS), choices=list(RECALL_VARIANTS),
+                        help="recall: which variants to train if not done yet (all finished runs are summarised; "
+                        "none given: only summarise)")
     parser.add_argument("--pipelined-seeds", type=int, nargs="+", default=[0],
                         help="seeds for the local-pipelined recall check (same parameters as sequential)")
     parser.add_argument("--runs", default="runs/local_vs_bp")
