@@ -5,8 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+# Optional dependency groups of pyproject.toml; "dev" (tests, lint, offline test assets) unless set.
+# EXTRAS= (empty) installs only what running the project needs: the Docker images do that.
+EXTRAS=${EXTRAS-dev}
 VENV=.venv
-stamp="$VENV/.setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)"
+stamp="$VENV/.setup-$( (cat pyproject.toml scripts/setup.sh; echo "$EXTRAS") | sha1sum | cut -c1-12)"
 [ -f "$stamp" ] && exit 0
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -25,8 +28,10 @@ import torch, torchvision
 print(f"torch=={torch.__version__.split('+')[0]}\ntorchvision=={torchvision.__version__.split('+')[0]}")
 PY
 echo "setup: installing the project (torch kept at $(head -1 "$constraints"))"
-quiet "${pip[@]}" install -c "$constraints" -e ".[dev]"
-# Only clip_client.py is used (the compatibility test); its full dependency tree is not wanted.
-quiet "${pip[@]}" install --no-deps "clip-retrieval==2.45.0"
+quiet "${pip[@]}" install -c "$constraints" -e ".${EXTRAS:+[$EXTRAS]}"
+if [[ ",$EXTRAS," == *,dev,* ]]; then
+  # Only clip_client.py is used (the compatibility test); its full dependency tree is not wanted.
+  quiet "${pip[@]}" install --no-deps "clip-retrieval==2.45.0"
+fi
 rm -f "$VENV"/.setup-*
 touch "$stamp"

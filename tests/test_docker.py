@@ -96,6 +96,14 @@ def test_install_is_the_readme_setup_with_pyprojects_dependencies(dockerfile):
             assert names <= declared, f"{dockerfile.name} installs {sorted(names - declared)} outside pyproject"
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_image_installs_without_the_dev_extras(dockerfile):
+    runs = [rest for keyword, rest in instructions(dockerfile) if keyword == "RUN" and "scripts/setup.sh" in rest]
+    # `EXTRAS= bash scripts/setup.sh`: an empty EXTRAS installs the project without tests and lint tools.
+    assert runs and all(re.search(r"(^|\s)EXTRAS=\s", run) for run in runs), f"{dockerfile.name} installs dev extras"
+    assert "EXTRAS=${EXTRAS-dev}" in (ROOT / "scripts" / "setup.sh").read_text(), "setup.sh no longer reads EXTRAS"
+
+
 def test_cuda_image_installs_setups_torch_versions_from_a_cuda_index():
     args = [rest for keyword, rest in instructions(DOCKERFILES[1]) if keyword == "ARG" and rest.startswith("TORCH_SPEC=")]
     assert len(args) == 1, "Dockerfile.cuda should take the torch pip arguments as ARG TORCH_SPEC"
