@@ -41,6 +41,7 @@ RECALL_VARIANTS = {
     "bp": ["training.method=bp"],
     "local": ["training.method=local", "training.local_head=random"],
     "local-learned-heads": ["training.method=local", "training.local_head=learned"],
+    "local-mlp-heads": ["training.method=local", "training.local_head=mlp"],
     "local-2-stages": ["training.method=local", "training.local_head=random", "training.stages=2"],
     "local-pipelined": ["training.method=local", "training.local_head=random", "training.pipeline=true"],
 }

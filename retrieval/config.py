@@ -106,7 +106,7 @@ _CHOICES = {
     ("data", "captions"): ("random", "all"),
     ("training", "method"): ("bp", "local"),
     ("training", "precision"): ("auto", "fp32", "bf16"),
-    ("training", "local_head"): ("random", "learned"),
+    ("training", "local_head"): ("random", "learned", "mlp"),
 }
 
 

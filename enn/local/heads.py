@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-HEAD_KINDS = ("random", "learned")
+HEAD_KINDS = ("random", "learned", "mlp")
 
 
 def random_projection(rows: int, cols: int, generator: torch.Generator) -> Tensor:
@@ -28,7 +28,9 @@ class LocalHead(nn.Module):
 
     `kind="random"` (the paper's ENN-ℓ): the projections are frozen buffers, so only the stage learns to
     make its image and text features agree through a fixed random readout; `kind="learned"`: they are
-    trained with the stage. The temperature (a logit scale, like CLIP's) is learned in both cases: the
+    trained with the stage; `kind="mlp"`: a learned hidden layer (width → width, GELU) comes before the
+    learned projection, as in SimCLR's projection head, so the head rather than the stage's features can
+    absorb what only this stage's loss wants. The temperature (a logit scale, like CLIP's) is learned in both cases: the
     sharpness that suits an early stage is not the final one's. The LayerNorm mirrors the towers' own
     ln_post/ln_final → projection readout and keeps the scale of the residual stream out of the loss.
     """
@@ -49,7 +51,12 @@ class LocalHead(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         image = random_projection(image_width, dim, generator)
         text = random_projection(text_width, dim, generator)
-        if kind == "learned":
+        if kind == "mlp":
+            self.image_hidden = nn.Parameter(random_projection(image_width, image_width, generator))
+            self.text_hidden = nn.Parameter(random_projection(text_width, text_width, generator))
+            self.image_bias = nn.Parameter(torch.zeros(image_width))
+            self.text_bias = nn.Parameter(torch.zeros(text_width))
+        if kind in ("learned", "mlp"):
             self.image_proj, self.text_proj = nn.Parameter(image), nn.Parameter(text)
         else:
             self.register_buffer("image_proj", image)
@@ -58,8 +65,11 @@ class LocalHead(nn.Module):
 
     def forward(self, image: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
         """(B, image_width), (B, text_width) pooled features → L2-normalised (B, dim) pairs."""
-        image = F.layer_norm(image, image.shape[-1:]) @ self.image_proj.to(image.dtype)
-        text = F.layer_norm(text, text.shape[-1:]) @ self.text_proj.to(text.dtype)
+        image, text = F.layer_norm(image, image.shape[-1:]), F.layer_norm(text, text.shape[-1:])
+        if self.kind == "mlp":
+            image = F.gelu(image @ self.image_hidden.to(image.dtype) + self.image_bias.to(image.dtype))
+            text = F.gelu(text @ self.text_hidden.to(text.dtype) + self.text_bias.to(text.dtype))
+        image, text = image @ self.image_proj.to(image.dtype), text @ self.text_proj.to(text.dtype)
         return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
 
     def extra_repr(self) -> str:

@@ -65,10 +65,10 @@ def test_units_are_grouped_contiguously() -> None:
         group_units(2, 3)
 
 
-def test_pipelined_parameters_equal_sequential_after_the_same_batches() -> None:
+@pytest.mark.parametrize("head", ["learned", "mlp"])
+def test_pipelined_parameters_equal_sequential_after_the_same_batches(head: str) -> None:
     # Learned heads: their parameters and optimizer state must travel too (random heads are buffers
     # rebuilt from the seed, checked in test_local_stages).
-    head = "learned"
     state = tiny_clip().state_dict()
     data = steps(4)
     # Sequential reference, one process, one thread (as each pipeline process).

@@ -111,7 +111,7 @@ def test_no_gradient_crosses_a_stage_boundary() -> None:
 
 def test_random_local_heads_stay_frozen_and_learned_ones_train() -> None:
     images, tokens = batch()
-    for kind, frozen in (("random", True), ("learned", False)):
+    for kind, frozen in (("random", True), ("learned", False), ("mlp", False)):
         units = make_units(tiny_clip(), 3, ClipLoss(), head=kind)
         attach_adamw(units)
         heads = [u.head for u in units[:-1]]
@@ -123,6 +123,8 @@ def test_random_local_heads_stay_frozen_and_learned_ones_train() -> None:
             assert torch.equal(head.text_proj, txt0) == frozen
             optimised = {id(p) for u in units for g in u.optimizer.param_groups for p in g["params"]}
             assert (id(head.image_proj) in optimised) != frozen
+            if kind == "mlp":
+                assert {id(p) for p in head.parameters()} <= optimised
 
 
 def test_local_heads_are_the_same_in_every_process_and_orthonormal() -> None:
