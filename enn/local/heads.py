@@ -30,8 +30,8 @@ class LocalHead(nn.Module):
     make its image and text features agree through a fixed random readout; `kind="learned"`: they are
     trained with the stage; `kind="mlp"`: a learned hidden layer (width → width, GELU) comes before the
     learned projection, as in SimCLR's projection head, so the head rather than the stage's features can
-    absorb what only this stage's loss wants. The temperature (a logit scale, like CLIP's) is learned in both cases: the
-    sharpness that suits an early stage is not the final one's. The LayerNorm mirrors the towers' own
+    absorb what only this stage's loss wants. The temperature (a logit scale, like CLIP's) is learned in
+    every case: the sharpness that suits an early stage is not the final one's. The LayerNorm mirrors the towers' own
     ln_post/ln_final → projection readout and keeps the scale of the residual stream out of the loss.
     """
 

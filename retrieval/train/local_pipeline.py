@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from enn.local import LocalPipeline, LocalUnit, PipelineError, StepReport, group_units, run_units
+from retrieval.device import usable_cores
 from retrieval.errors import UserError
 from retrieval.train.local_units import load_unit_state, stage_process_units, unit_state
 
@@ -69,7 +69,7 @@ def pipeline_layout(train: Mapping[str, Any], device: torch.device) -> tuple[lis
         raise UserError(f"training.pipeline_procs must be between 1 and training.stages={stages}, got {procs!r}")
     threads = train["pipeline_threads"]
     if threads is None:
-        threads = max(1, len(os.sched_getaffinity(0)) // procs)
+        threads = max(1, usable_cores() // procs)
     if not isinstance(threads, int) or threads < 1:
         raise UserError(f"training.pipeline_threads must be a positive integer or null, got {threads!r}")
     if device.type == "cuda" and device.index is None:

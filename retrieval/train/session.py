@@ -23,6 +23,7 @@ import enn
 from retrieval.checkpoint import LoadedModel
 from retrieval.config import save_config
 from retrieval.data import EvalSet, ImageRecord
+from retrieval.device import usable_cores
 from retrieval.errors import UserError
 from retrieval.evaluate import evaluate, load_eval_set
 from retrieval.model import Towers, build_towers
@@ -68,8 +69,7 @@ def set_cpu_threads(cfg: Mapping[str, Any], env: DistEnv) -> int:
         raise UserError(f"config key training.threads must be a positive integer or null, got {threads!r}")
     if env.device.type == "cpu":
         if threads is None and "OMP_NUM_THREADS" not in os.environ:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            threads = max(1, cores // env.world_size - int(cfg["data"]["workers"]))
+            threads = max(1, usable_cores() // env.world_size - int(cfg["data"]["workers"]))
         if threads is not None:
             torch.set_num_threads(int(threads))
     log.info("torch threads: %d", torch.get_num_threads())
