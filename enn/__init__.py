@@ -9,14 +9,17 @@ Depends only on torch. Quick use::
     enn.merge(model)                             # back to the plain model (same classes and state_dict keys)
 
 Modes (``ortho``): "penalty" — free Q, P plus the published penalty Σ ‖QᵀQ−I‖²_F + ‖PᵀP−I‖²_F;
-"exact" — Q, P are the QR factors of free matrices, orthonormal to float precision at every step, covering
-the whole Stiefel manifold (penalty is 0); "none" — free Q, P and no penalty (ablation).
+"exact" — Q, P are the QR factors of free matrices (float32, autocast off), orthonormal to float precision at
+every step, covering the whole Stiefel manifold (penalty is 0); after each optimizer step the free matrices are
+replaced by their QR factors (``retract``, or ``retract_after_step(optimizer, model)``) so they stay well
+conditioned; "none" — free Q, P and no penalty (ablation).
 
 What is converted: ``nn.Linear`` (incl. ``MultiheadAttention.out_proj``), ``nn.Conv2d`` (kernel flattened
 to out × in·kh·kw; ``groups > 1`` -> one Q/Λ/P per group) and ``nn.MultiheadAttention`` in-projections
 (packed ``in_proj_weight`` -> one factorisation each for q, k, v; else ``q/k/v_proj_weight``). Norms,
 embeddings, biases and raw ``nn.Parameter`` projections (e.g. open_clip's ``proj``) stay plain.
 
+Weight decay: decay Λ and not Q, P — AdamW's W ← (1 − lr·wd)·W is exactly Λ ← (1 − lr·wd)·Λ.
 Parameter names (for optimizer groups; see ``parameter_groups`` / ``parameter_role``): a converted tensor
 ``<layer>.<tensor>`` is stored as ``<layer>.parametrizations.<tensor>.0.lam`` (Λ, role "eigen") and
 ``...0.Q`` / ``...0.P`` (role "basis"; in "exact" mode ``...0.Q_raw`` / ``...0.P_raw``). These are also the
@@ -26,7 +29,7 @@ Whole-module pickling of a converted model is not supported by torch (use state_
 
 from enn.convert import convert, merge
 from enn.layers import EnnConv2d, EnnLinear
-from enn.orthogonality import orthogonality_error, orthogonality_loss
+from enn.orthogonality import orthogonality_error, orthogonality_loss, retract, retract_after_step
 from enn.parametrization import ORTHO_MODES, EnnWeight, enn_weights, orthonormalize
 from enn.params import ROLES, parameter_groups, parameter_role
 
@@ -44,4 +47,6 @@ __all__ = [
     "orthonormalize",
     "parameter_groups",
     "parameter_role",
+    "retract",
+    "retract_after_step",
 ]

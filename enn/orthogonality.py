@@ -1,9 +1,10 @@
-"""Orthogonality penalty (the published ENN regulariser) and a monitoring metric."""
+"""Orthogonality penalty (the published ENN regulariser), a monitoring metric, and exact mode's retraction."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from enn.parametrization import enn_weights
 
@@ -62,3 +63,36 @@ def orthogonality_error(module: nn.Module) -> float:
             dev = _gram_deviation(basis.double())  # float64 so the metric adds no rounding of its own
             worst = max(worst, torch.linalg.matrix_norm(dev).max().item())
     return worst
+
+
+@torch.no_grad()
+def retract(module: nn.Module) -> int:
+    """Re-orthonormalise the raw factors of every "exact" ENN weight in place (outputs unchanged).
+
+    Call after each optimizer step (or let `retract_after_step` do it) so the raw factors stay well
+    conditioned. Returns the number of ENN weights retracted; other modes are left alone.
+    """
+    count = 0
+    for _, w in enn_weights(module):
+        if w.ortho == "exact":
+            w.retract()
+            count += 1
+    return count
+
+
+def retract_after_step(optimizer: torch.optim.Optimizer, module: nn.Module) -> RemovableHandle | None:
+    """Register `retract(module)` as a post-step hook of `optimizer`; None when `module` has no exact weights.
+
+    A hook keeps every trainer (backprop, each ENN-ℓ stage's own optimizer, a user's loop) from forgetting
+    the retraction. The module's weights are found once, here.
+    """
+    exact = [w for _, w in enn_weights(module) if w.ortho == "exact"]
+    if not exact:
+        return None
+
+    def hook(*_: object) -> None:
+        with torch.no_grad():
+            for w in exact:
+                w.retract()
+
+    return optimizer.register_step_post_hook(hook)

@@ -23,19 +23,21 @@ class _OrthonormalFactor(torch.autograd.Function):
 
     With B = QᵀḡQ and sym(B) = triu(B) + triu(B, 1)ᵀ, the adjoint is Ā = (ḡQ − Q·sym(B))·R⁻ᵀ: two matmuls and
     one triangular solve, cheaper than torch's generic QR backward, which also handles a gradient on R.
+    Forward and backward run in float32 with autocast off (see `orthonormalize`).
     """
 
     @staticmethod
     def forward(ctx, a: Tensor) -> Tensor:
-        q, r = torch.linalg.qr(a)
-        sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
-        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-        q, r = q * sign.unsqueeze(-2), r * sign.unsqueeze(-1)
-        # float32 Householder QR leaves ‖QᵀQ − I‖_F ≈ 1e-5 at r ≥ 256; one Newton–Schulz step
-        # Q ← Q + Q(I − QᵀQ)/2 squares that deviation, down to float32 rounding (~3e-6), for two matmuls.
-        # It is the identity on orthonormal matrices, so the backward below is unchanged to first order.
-        eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
-        q = q + 0.5 * (q @ (eye - q.mT @ q))
+        with torch.autocast(a.device.type, enabled=False):
+            q, r = torch.linalg.qr(a)
+            sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+            sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+            q, r = q * sign.unsqueeze(-2), r * sign.unsqueeze(-1)
+            # float32 Householder QR leaves ‖QᵀQ − I‖_F ≈ 1e-5 at r ≥ 256; one Newton–Schulz step
+            # Q ← Q + Q(I − QᵀQ)/2 squares that deviation, down to float32 rounding (~3e-6), for two matmuls.
+            # It is the identity on orthonormal matrices, so the backward below is unchanged to first order.
+            eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
+            q = q + 0.5 * (q @ (eye - q.mT @ q))
         ctx.save_for_backward(q, r)
         return q
 
@@ -43,19 +45,24 @@ class _OrthonormalFactor(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_q: Tensor) -> Tensor:
         q, r = ctx.saved_tensors
-        b = q.mT @ grad_q
-        sym = b.triu() + b.triu(1).mT
-        return torch.linalg.solve_triangular(r.mT, grad_q - q @ sym, upper=False, left=False)
+        with torch.autocast(q.device.type, enabled=False):
+            grad_q = grad_q.to(q.dtype)
+            b = q.mT @ grad_q
+            sym = b.triu() + b.triu(1).mT
+            return torch.linalg.solve_triangular(r.mT, grad_q - q @ sym, upper=False, left=False)
 
 
 def orthonormalize(a: Tensor) -> Tensor:
     """Orthonormal factor of a tall matrix (or batch) by QR, signs fixed so an orthonormal input is returned as is.
 
     Householder QR keeps the result orthonormal to float precision however ill-conditioned ``a`` gets, and the
-    map is smooth for full-rank ``a``, so gradients flow to the unconstrained pre-image.
+    map is smooth for full-rank ``a``, so gradients flow to the unconstrained pre-image. The whole map runs in
+    float32 (float64 stays float64) with autocast disabled: LAPACK/cuSOLVER QR has no half-precision kernels,
+    and a bf16 Newton–Schulz step would undo the refinement (‖QᵀQ − I‖_F 1e-5 → 6e-2 at 768×768). The result
+    is returned in float32 so the weight product is formed from the orthonormal basis, not a rounded one.
     """
-    if a.dtype in (torch.float16, torch.bfloat16):  # LAPACK/cuSOLVER QR has no half-precision kernels
-        return _OrthonormalFactor.apply(a.float()).to(a.dtype)
+    if a.dtype in (torch.float16, torch.bfloat16):
+        a = a.float()
     return _OrthonormalFactor.apply(a)
 
 
@@ -116,11 +123,26 @@ class EnnWeight(nn.Module):
             return orthonormalize(q), orthonormalize(p)
         return q, p
 
+    @torch.no_grad()
+    def retract(self) -> None:
+        """Exact mode: replace the raw factors by their orthonormal factors; the computed weight is unchanged.
+
+        AdamW moves ``Q_raw``/``P_raw`` freely, so without this they drift towards ill-conditioned matrices
+        (cond 1 → 1,500 in 1,500 steps on a toy MLP), and the QR backward multiplies every gradient by R⁻ᵀ.
+        QR of an orthonormal matrix with a positive diagonal R returns it unchanged, so the next forward
+        computes the same weight and R is the identity again. No-op in the other modes.
+        """
+        if self.ortho != "exact":
+            return
+        for raw in (self.Q_raw, self.P_raw):
+            raw.copy_(orthonormalize(raw))
+
     def forward(self) -> Tensor:
         """Materialise the weight: Q·diag(Λ)·Pᵀ per block, reshaped to the host's weight shape."""
         q, p = self.bases()
-        # (…, m, r) * (…, 1, r) @ (…, r, n) -> (…, m, n): one out·in·r matmul.
-        return ((q * self.lam.unsqueeze(-2)) @ p.mT).reshape(self.shape)
+        # (…, m, r) * (…, 1, r) @ (…, r, n) -> (…, m, n): one out·in·r matmul, in the factors' dtype (exact
+        # mode's bases come back in float32 even for half-precision factors).
+        return ((q * self.lam.unsqueeze(-2)) @ p.mT).reshape(self.shape).to(self.lam.dtype)
 
     @torch.no_grad()
     def right_inverse(self, weight: Tensor) -> tuple[()]:

@@ -24,8 +24,9 @@ def parameter_role(name: str) -> str:
 def parameter_groups(module: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Split ``module.parameters()`` into {"basis": Q/P, "eigen": Λ, "other": everything else}.
 
-    Typical use: AdamW groups with weight decay on "basis"/"other" weights and none on "eigen" (decaying
-    Λ shrinks the layer's singular values directly). Frozen parameters are included; filter if needed.
+    Typical use: AdamW groups with weight decay on "eigen" (Λ ← (1 − lr·wd)·Λ is exactly the plain layer's
+    W ← (1 − lr·wd)·W) and none on "basis"; "other" as for any network. Frozen parameters are included;
+    filter if needed.
     """
     groups: dict[str, list[nn.Parameter]] = {role: [] for role in ROLES}
     for name, param in module.named_parameters():

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import enn
 from retrieval.config import from_dict
 from retrieval.device import pick_device
 from retrieval.errors import UserError
@@ -129,9 +130,15 @@ def towers_from_checkpoint(payload: dict[str, Any]) -> tuple[Towers, dict[str, A
 
 
 def load_model(path: str | Path, device: str = "auto", precision: str = "auto") -> LoadedModel:
-    """Load a checkpoint (or a run directory's best.pt) for inference, in eval mode on `device`."""
+    """Load a checkpoint (or a run directory's best.pt) for inference, in eval mode on `device`.
+
+    ENN weights are merged to plain ones (`enn.merge`, same outputs): inference then costs exactly what
+    the plain model costs, instead of re-forming Q·diag(Λ)·Pᵀ at every read. The fingerprint stays the
+    checkpoint's (ENN form), so indexes and the service recognise the model either way.
+    """
     payload = read_checkpoint(path)
     towers, config = towers_from_checkpoint(payload)
+    enn.merge(towers.model)
     target = pick_device(device)
     model = towers.model.to(target).eval()
     return LoadedModel(

@@ -66,7 +66,7 @@ class TorchEncoder:
         self.embed_dim = loaded.embed_dim
         self.context_length = loaded.context_length
         self.threads = torch.get_num_threads()
-        # Merging W = Q·diag(Λ)·Pᵀ once saves recomputing it on every forward; outputs are unchanged.
+        # load_model merged the ENN weights already; a LoadedModel built elsewhere may still be in ENN form.
         enn.merge(loaded.model)
         loaded.model.eval()
 

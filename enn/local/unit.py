@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from enn.local.heads import LocalHead
 from enn.local.stages import TowerStage, split_clip
@@ -108,8 +109,9 @@ class LocalUnit(nn.Module):
         outputs, contrastive = [], 0.0
         n = len(micro_batches)
         for micro in micro_batches:
-            image, text, loss = self(micro)
-            (loss / n).backward()
+            with parametrize.cached():  # each ENN weight materialised once per micro-batch (see retrieval step)
+                image, text, loss = self(micro)
+                (loss / n).backward()
             contrastive += float(loss.detach()) / n
             outputs.append((image.detach(), text.detach(), micro[2]))
         # The penalty does not depend on the data: once per step, not per micro-batch.

@@ -17,14 +17,19 @@ log = logging.getLogger(__name__)
 
 
 def decays(name: str, param: nn.Parameter) -> bool:
-    """Whether weight decay applies: not to Λ, biases, norms, gains/scalars (ndim < 2) or the temperature.
+    """Whether weight decay applies, chosen so an ENN layer decays exactly like the plain layer it replaces.
 
-    Λ (an ENN layer's singular values) is excluded by role: decaying it shrinks the layer directly. Every
-    other 1-D or 0-D tensor (biases, LayerNorm gains, class embedding, logit_scale) is excluded as in
-    open_clip's training script. Q/P bases and ordinary matrices (token/positional embeddings,
-    projections) are decayed.
+    AdamW's decoupled decay of a plain weight is W ← (1 − lr·wd)·W. For W = Q·diag(Λ)·Pᵀ that is
+    Λ ← (1 − lr·wd)·Λ with the bases untouched, in every ortho mode (W is linear in Λ). So Λ ("eigen") is
+    decayed although it is 1-D, and Q/P ("basis", `Q_raw`/`P_raw` in exact mode) are not: decaying them
+    would shrink W twice per step and fight the orthogonality penalty (penalty mode), or do nothing at all
+    (exact mode, where QR ignores the raw factors' scale). Other tensors follow open_clip's training
+    script: matrices decayed; biases, norms, gains, class embedding (ndim < 2) and logit_scale not.
     """
-    return param.ndim >= 2 and enn.parameter_role(name) != "eigen" and "logit_scale" not in name
+    role = enn.parameter_role(name)
+    if role != "other":
+        return role == "eigen"
+    return param.ndim >= 2 and "logit_scale" not in name
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -41,13 +46,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, train_cfg: Mapping[str, Any]) -> torch.optim.AdamW:
-    """AdamW from the `training` section (lr, betas, eps, weight_decay) over `param_groups(model)`."""
-    return torch.optim.AdamW(
+    """AdamW from the `training` section (lr, betas, eps, weight_decay) over `param_groups(model)`.
+
+    ENN weights in exact mode are retracted after every step (`enn.retract_after_step`), so every trainer
+    that builds its optimizer here (backprop and each ENN-ℓ stage) keeps their raw factors well conditioned.
+    """
+    optimizer = torch.optim.AdamW(
         param_groups(model, float(train_cfg["weight_decay"])),
         lr=float(train_cfg["lr"]),
         betas=tuple(float(b) for b in train_cfg["betas"]),
         eps=float(train_cfg["eps"]),
     )
+    enn.retract_after_step(optimizer, model)
+    return optimizer
 
 
 def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:

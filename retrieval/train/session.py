@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.utils import parametrize
 
 import enn
 from retrieval.checkpoint import LoadedModel
@@ -122,7 +123,8 @@ def validate(towers: Towers, cfg: Mapping[str, Any], eval_set: EvalSet, device: 
         precision=str(cfg["training"]["precision"]),
     )
     try:
-        with torch.random.fork_rng(devices=[]):
+        # cached(): the ENN weights are materialised once for the whole validation, not once per read.
+        with torch.random.fork_rng(devices=[]), parametrize.cached():
             return evaluate(loaded, eval_set, batch_size=int(cfg["training"]["eval_batch_size"]),
                             workers=int(cfg["data"]["workers"]))
     finally:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from open_clip.loss import ClipLoss
 from torch import nn
+from torch.nn.utils import parametrize
 
 import enn
 from retrieval.device import autocast
@@ -98,7 +99,9 @@ def train_step(
         tokens = tokens.to(env.device, non_blocking=True)
         # DDP all-reduces gradients only on the last micro-batch of the step.
         sync = i == n - 1 or not hasattr(model, "no_sync")
-        with contextlib.nullcontext() if sync else model.no_sync():
+        # cached(): each ENN weight is materialised once per micro-batch, however often the forward reads it
+        # (nn.MultiheadAttention reads in_proj_weight three times); the cache must not outlive the backward.
+        with contextlib.nullcontext() if sync else model.no_sync(), parametrize.cached():
             with autocast(env.device, str(train_cfg["precision"])):
                 contrastive = forward_loss(model, loss_fn, images, tokens)
             penalty = enn.orthogonality_loss(core) if lam else contrastive.new_zeros(())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
+import enn
 from retrieval.model import build_towers
 from retrieval.train.optim import build_optimizer, build_scheduler, cosine_with_warmup, param_groups
 from tests.conftest import TINY_MODEL_OVERRIDES
@@ -20,18 +22,32 @@ def _decayed_names(model, weight_decay=0.1):
 
 
 @pytest.mark.parametrize("ortho", ["penalty", "exact"])
-def test_no_decay_on_eigenvalues_biases_norms_and_temperature(tiny_config, ortho):
+def test_decay_on_eigenvalues_not_bases_biases_norms_or_temperature(tiny_config, ortho):
     tiny_config["enn"]["ortho"] = ortho
     model = build_towers(tiny_config).model
     decayed, names = _decayed_names(model)
-    assert any(n.endswith(".lam") for n in names)
+    eigen = {n for n in names if n.endswith(".lam")}
+    assert eigen and eigen <= decayed  # Λ ← (1 − lr·wd)·Λ is the plain layer's decay
     for name in names:
-        if name.endswith((".lam", "bias", "logit_scale")) or ".ln_" in name or name.startswith("ln_"):
+        if name.endswith((".Q", ".P", ".Q_raw", ".P_raw", "bias", "logit_scale")) or ".ln_" in name:
             assert name not in decayed, name
-    bases = {n for n in names if n.endswith((".Q", ".P", ".Q_raw", ".P_raw"))}
-    assert bases and bases <= decayed  # the orthonormal bases are ordinary matrices
     assert "positional_embedding" in decayed and "token_embedding.weight" in decayed
     assert "visual.class_embedding" not in decayed  # 1-D
+
+
+@pytest.mark.parametrize("ortho", ["penalty", "exact", "none"])
+def test_one_zero_gradient_step_scales_an_enn_weight_exactly_like_a_plain_one(ortho):
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(12, 7)
+    converted = enn.convert(copy.deepcopy(plain), ortho=ortho)
+    cfg = {"lr": 0.05, "weight_decay": 0.2, "betas": [0.9, 0.98], "eps": 1e-6}
+    for model in (plain, converted):
+        before = model.weight.detach().clone()
+        optimizer = build_optimizer(model, cfg)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        torch.testing.assert_close(model.weight.detach(), (1 - 0.05 * 0.2) * before, rtol=1e-6, atol=1e-7)
 
 
 def test_every_trainable_parameter_is_in_exactly_one_group(tiny_config):
