@@ -43,17 +43,18 @@ def encode_eval_set(
 
 
 def evaluate_embeddings(
-    image_emb: np.ndarray, text_emb: np.ndarray, eval_set: EvalSet, folds: int | None = None
+    image_emb: np.ndarray, text_emb: np.ndarray, eval_set: EvalSet, folds: int | None = None,
+    ties: str = "position",
 ) -> dict[str, float]:
     """Recall@K etc. on the whole set, or (`folds=5`, COCO-1K) the mean over consecutive image folds."""
     if folds is None:
-        return retrieval_metrics(image_emb, text_emb, eval_set.text_to_image)
+        return retrieval_metrics(image_emb, text_emb, eval_set.text_to_image, ties=ties)
     owner = eval_set.text_to_image
     per_fold = []
     for part in fold_indices(eval_set.n_images, folds):
         lo, hi = int(part[0]), int(part[-1]) + 1
         rows = np.flatnonzero((owner >= lo) & (owner < hi))
-        per_fold.append(retrieval_metrics(image_emb[lo:hi], text_emb[rows], owner[rows] - lo))
+        per_fold.append(retrieval_metrics(image_emb[lo:hi], text_emb[rows], owner[rows] - lo, ties=ties))
     return {key: float(np.mean([m[key] for m in per_fold])) for key in per_fold[0]}
 
 

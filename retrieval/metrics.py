@@ -4,9 +4,14 @@ Protocol (as VSE++ and CLIP_benchmark): each caption is a text→image query wit
 image; each image is an image→text query whose correct answers are all of its captions, and it is a hit
 at K when *any* of them is in the top K. Rank = 1-based position of the best-placed correct item.
 
-Ties never help: rank = 1 + the number of *wrong* items scoring at least (correct score − TIE_TOLERANCE).
-The tolerance absorbs float32 rounding (matmul blocks vs. a direct dot product differ by ~1e-7), so equal
-embeddings count as ties, and a constant embedding scores at the bottom rather than at 100 %.
+Ties (scores within TIE_TOLERANCE of the correct one; the tolerance absorbs float32 rounding, ~1e-7
+between matmul blocks and a direct dot product) are settled by `ties`:
+- "position" (default): a tied item ranks ahead when it comes first in the gallery, as a stable sort of
+  the scores does — what CLIP_benchmark (torch.topk) and VSE++ (argsort) report, so our figures compare
+  with published ones. A constant embedding then ranks each query's item at its gallery position (chance
+  level, nowhere near 100 %).
+- "pessimistic": every tied wrong item ranks ahead, so ties never help (a lower bound; at most a few
+  tenths of a point lower where a dataset repeats captions verbatim).
 
 Memory: the N×M score matrix is never held whole; it is built in row blocks of about BLOCK_ELEMENTS
 scores (64 MB, plus one work buffer of the same size) with torch's BLAS, and each block is reduced to
@@ -21,6 +26,7 @@ import numpy as np
 import torch
 
 TIE_TOLERANCE = 1e-5
+TIE_RULES = ("position", "pessimistic")
 BLOCK_ELEMENTS = 1 << 24  # scores per block: 16M float32 = 64 MB
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -31,13 +37,15 @@ def retrieval_metrics(
     text_emb: ArrayLike,
     text_to_image: ArrayLike | Sequence[int],
     ks: Sequence[int] = (1, 5, 10),
+    ties: str = "position",
 ) -> dict[str, float]:
     """Recall@K (percent) both ways, their sum, and median/mean rank, from L2-normalised embeddings.
 
     Keys: `i2t_r{k}`, `t2i_r{k}` for each k in `ks`, `rsum` (sum of those recalls), `i2t_medr`,
     `i2t_meanr`, `t2i_medr`, `t2i_meanr`. Inputs: image_emb (N, d), text_emb (M, d), text_to_image (M,).
+    `ties`: "position" (CLIP_benchmark-compatible) or "pessimistic" (see the module docstring).
     """
-    i2t, t2i = retrieval_ranks(image_emb, text_emb, text_to_image)
+    i2t, t2i = retrieval_ranks(image_emb, text_emb, text_to_image, ties)
     return summarize_ranks(i2t, t2i, ks)
 
 
@@ -57,9 +65,11 @@ def summarize_ranks(i2t_ranks: np.ndarray, t2i_ranks: np.ndarray, ks: Sequence[i
 
 @torch.no_grad()
 def retrieval_ranks(
-    image_emb: ArrayLike, text_emb: ArrayLike, text_to_image: ArrayLike | Sequence[int]
+    image_emb: ArrayLike, text_emb: ArrayLike, text_to_image: ArrayLike | Sequence[int], ties: str = "position"
 ) -> tuple[np.ndarray, np.ndarray]:
     """1-based ranks: (N,) of each image's best caption among all captions, (M,) of each caption's image."""
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {', '.join(TIE_RULES)}, got {ties!r}")
     images, texts = _as_matrix(image_emb, "image_emb"), _as_matrix(text_emb, "text_emb")
     if isinstance(text_to_image, torch.Tensor):
         owner = text_to_image.detach().long()
@@ -68,46 +78,60 @@ def retrieval_ranks(
     n, m = images.shape[0], texts.shape[0]
     _check(images, texts, owner)
     owner = owner.to(images.device)
+    device = images.device
 
     # Score of each caption with its own image, in float64 (the reference for ties), a block at a time.
-    correct = torch.empty(m, dtype=torch.float64, device=images.device)  # (M,)
+    correct = torch.empty(m, dtype=torch.float64, device=device)  # (M,)
     for lo in range(0, m, 8192):
         part = slice(lo, lo + 8192)
         correct[part] = (texts[part].double() * images[owner[part]].double()).sum(1)
-    best = torch.full((n,), -torch.inf, dtype=torch.float64, device=images.device)
+    best = torch.full((n,), -torch.inf, dtype=torch.float64, device=device)
     best.scatter_reduce_(0, owner, correct, reduce="amax")  # (N,) best correct score per image
-    t2i_threshold = (correct - TIE_TOLERANCE).float()  # (M,)
-    i2t_threshold = (best - TIE_TOLERANCE).float()  # (N,)
+    t2i_low, t2i_high = (correct - TIE_TOLERANCE).float(), (correct + TIE_TOLERANCE).float()  # (M,)
+    i2t_low, i2t_high = (best - TIE_TOLERANCE).float(), (best + TIE_TOLERANCE).float()  # (N,)
 
     # Each image's captions as a padded (N, C) index table, to read its correct scores out of a block.
     order = torch.argsort(owner, stable=True)
     counts = torch.bincount(owner, minlength=n)
     starts = torch.cumsum(counts, 0) - counts
     width = int(counts.max())
-    slot = torch.arange(width, device=images.device)
+    slot = torch.arange(width, device=device)
     valid = slot[None, :] < counts[:, None]  # (N, C)
     own_caps = order[(starts[:, None] + slot[None, :]).clamp(max=m - 1)]  # (N, C)
+    caption_index = torch.arange(m, device=device)
 
-    i2t_wrong = torch.zeros(n, dtype=torch.long, device=images.device)
-    t2i_wrong = torch.zeros(m, dtype=torch.long, device=images.device)
+    i2t_wrong = torch.zeros(n, dtype=torch.long, device=device)
+    t2i_wrong = torch.zeros(m, dtype=torch.long, device=device)
     rows = min(n, max(1, BLOCK_ELEMENTS // m))
-    block = torch.empty((rows, m), dtype=torch.float32, device=images.device)
+    block = torch.empty((rows, m), dtype=torch.float32, device=device)
     work = torch.empty_like(block)
     for lo in range(0, n, rows):
         hi = min(n, lo + rows)
         scores = torch.matmul(images[lo:hi], texts.T, out=block[: hi - lo])  # (B, M)
-        # "score ≥ threshold" as 1.0/0.0 floats: (s − t ≥ 0) ⟺ (s ≥ t) exactly in IEEE arithmetic, and
-        # float sums vectorise far better than bool ones (4× faster here); counts stay exact below 2^24.
-        ahead = torch.sub(scores, i2t_threshold[lo:hi, None], out=work[: hi - lo]).ge_(0)
-        # image→text: captions at or above the image's best correct score, minus its own captions.
-        own = scores.gather(1, own_caps[lo:hi]) >= i2t_threshold[lo:hi, None]
-        i2t_wrong[lo:hi] = ahead.sum(1).long() - (own & valid[lo:hi]).sum(1)
-        # text→image: images of this block at or above each caption's correct score ...
-        ahead = torch.sub(scores, t2i_threshold[None, :], out=work[: hi - lo]).ge_(0)
-        t2i_wrong += ahead.sum(0).long()
-        # ... not counting the caption's own image when it lies in this block.
-        mine = order[starts[lo] : starts[hi - 1] + counts[hi - 1]]  # captions of images lo..hi-1
-        t2i_wrong[mine] -= (scores[owner[mine] - lo, mine] >= t2i_threshold[mine]).long()
+        own_scores = scores.gather(1, own_caps[lo:hi])  # (B, C)
+        if ties == "pessimistic":
+            # "score ≥ threshold" as 1.0/0.0 floats: (s − t ≥ 0) ⟺ (s ≥ t) exactly in IEEE arithmetic, and
+            # float sums vectorise far better than bool ones (4× faster here); counts stay exact below 2^24.
+            ahead = torch.sub(scores, i2t_low[lo:hi, None], out=work[: hi - lo]).ge_(0)
+            own = (own_scores >= i2t_low[lo:hi, None]) & valid[lo:hi]
+            i2t_wrong[lo:hi] = ahead.sum(1).long() - own.sum(1)  # minus the image's own captions
+            ahead = torch.sub(scores, t2i_low[None, :], out=work[: hi - lo]).ge_(0)
+            t2i_wrong += ahead.sum(0).long()
+            mine = order[starts[lo] : starts[hi - 1] + counts[hi - 1]]  # captions of images lo..hi-1
+            t2i_wrong[mine] -= (scores[owner[mine] - lo, mine] >= t2i_low[mine]).long()
+            continue
+        # "position": wrong items clearly above, plus tied ones earlier in the gallery. Correct items are
+        # never counted: none is clearly above its own score, and none tied comes before the first one.
+        first_tied = torch.where((own_scores >= i2t_low[lo:hi, None]) & valid[lo:hi], own_caps[lo:hi], m)
+        first_tied = first_tied.min(1).values  # (B,) gallery index of the first best-scoring own caption
+        ahead = torch.sub(scores, i2t_high[lo:hi, None], out=work[: hi - lo]).gt_(0)
+        tied = (scores >= i2t_low[lo:hi, None]) & (scores <= i2t_high[lo:hi, None])
+        tied &= caption_index[None, :] < first_tied[:, None]
+        i2t_wrong[lo:hi] = ahead.sum(1).long() + tied.sum(1)
+        ahead = torch.sub(scores, t2i_high[None, :], out=work[: hi - lo]).gt_(0)
+        image_index = torch.arange(lo, hi, device=device)
+        tied = (scores >= t2i_low[None, :]) & (scores <= t2i_high[None, :]) & (image_index[:, None] < owner[None, :])
+        t2i_wrong += ahead.sum(0).long() + tied.sum(0)
     return (i2t_wrong + 1).cpu().numpy(), (t2i_wrong + 1).cpu().numpy()
 
 

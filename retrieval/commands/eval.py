@@ -16,6 +16,7 @@ import numpy as np
 
 from retrieval.data.arguments import add_data_arguments, data_section
 from retrieval.errors import UserError
+from retrieval.metrics import TIE_RULES
 
 RANDOM_DIM = 128  # dimension of the random baseline when no checkpoint fixes it (chance barely depends on it)
 
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="add the mean over 5 folds of consecutive images (COCO-1K: 5 × 1,000 test images)")
     parser.add_argument("--index", help="also measure recall through this index folder (its ANN index and exact "
                         "search over its stored vectors) and the index's recall@10 against exact search")
+    parser.add_argument("--ties", choices=TIE_RULES, default="position",
+                        help="how equal scores rank: position (default; as CLIP_benchmark and VSE++, comparable "
+                        "with published tables) or pessimistic (every tied wrong item ranks first)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
@@ -62,6 +66,7 @@ def main(argv: list[str]) -> int:
     if args.data is None and loaded is None:
         raise UserError("give --data (only a --checkpoint can supply the dataset of its training config)")
     cfg_data = data_section(args, base=loaded.config["data"] if loaded is not None else None)
+    _refuse_training_rows(cfg_data, loaded)
     eval_set = load_eval_set(cfg_data, args.split)
     if args.coco_1k and eval_set.n_images < 5:
         raise UserError(f"--coco-1k needs at least 5 images in split {args.split!r}, found {eval_set.n_images}")
@@ -84,9 +89,9 @@ def main(argv: list[str]) -> int:
     results: dict[str, dict[str, float]] = {}
     start = time.perf_counter()
     for name, (images, texts) in embeddings.items():
-        results[name] = evaluate_embeddings(images, texts, eval_set)
+        results[name] = evaluate_embeddings(images, texts, eval_set, ties=args.ties)
         if args.coco_1k:
-            results[f"{name} (5 folds)"] = evaluate_embeddings(images, texts, eval_set, folds=5)
+            results[f"{name} (5 folds)"] = evaluate_embeddings(images, texts, eval_set, folds=5, ties=args.ties)
     index_report = None
     if args.index is not None:
         from retrieval.index.evaluate import evaluate_through_index
@@ -96,7 +101,7 @@ def main(argv: list[str]) -> int:
     seconds["metrics"] = time.perf_counter() - start
 
     print(f"split {args.split!r} of {cfg_data['path']}: {eval_set.n_images} images, {eval_set.n_captions} captions")
-    print(format_table(results))
+    print(format_table(results, ties=args.ties))
     if index_report is not None:
         overlap = index_report["ann_vs_exact_recall_at_10"]
         print(f"index recall@10 against exact search: images {overlap['image']:.4f}, captions {overlap['text']:.4f}")
@@ -104,6 +109,7 @@ def main(argv: list[str]) -> int:
         report = {
             "data": str(cfg_data["path"]),
             "split": args.split,
+            "ties": args.ties,
             "images": eval_set.n_images,
             "captions": eval_set.n_captions,
             "checkpoint": args.checkpoint,
@@ -117,12 +123,36 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _refuse_training_rows(cfg_data: dict[str, Any], loaded: Any) -> None:
+    """Refuse to evaluate on the file the model was trained on when that file names no splits.
+
+    Such a file is every split at once, so `--split test` would report recall on the training rows. A
+    different split-less file is taken as the evaluation set as a whole.
+    """
+    from retrieval.data.records import split_problem
+
+    problem = split_problem(cfg_data)
+    if problem is None or loaded is None:
+        return
+    trained = loaded.config["data"]
+    same_file = Path(str(trained["path"])).expanduser().resolve() == Path(str(cfg_data["path"])).expanduser().resolve()
+    if same_file and trained.get("format", "karpathy") == "csv":
+        raise UserError(f"{problem}; or pass --data a held-out file of pairs")
+
+
 _COLUMNS = (("i2t_r1", "R@1"), ("i2t_r5", "R@5"), ("i2t_r10", "R@10"), ("i2t_medr", "medr"),
             ("t2i_r1", "R@1"), ("t2i_r5", "R@5"), ("t2i_r10", "R@10"), ("t2i_medr", "medr"), ("rsum", "RSUM"))
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    """Rows = named metric dicts, columns as in the Flickr30k/COCO papers (R@K in %, medr, RSUM)."""
+TIES_HEADER = {
+    "position": "ties broken by gallery position, as CLIP_benchmark and VSE++",
+    "pessimistic": "ties counted against the model (a lower bound)",
+}
+
+
+def format_table(results: dict[str, dict[str, float]], ties: str = "position") -> str:
+    """Rows = named metric dicts, columns as in the Flickr30k/COCO papers (R@K in %, medr, RSUM); the first
+    line says how ties were ranked, since that moves R@K by tenths of a point on repeated captions."""
     width = max([len(name) for name in results] + [5])
 
     def cell(key: str, value: float) -> str:
@@ -133,6 +163,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
         return f"{name:<{width}}  {' '.join(cells[:4])}   {' '.join(cells[4:8])}   {cells[8]}"
 
     lines = [
+        f"Recall@K in %, {TIES_HEADER[ties]}",
         f"{'':<{width}}  {'image → text':^27}   {'text → image':^27}",
         row("", [f"{label:>6}" for _, label in _COLUMNS]),
     ]

@@ -71,6 +71,8 @@ def main(argv: list[str]) -> int:
     if val:
         line += (f"; best val RSUM {summary['best_rsum']:.1f} at step {summary['best_step']}"
                  f"; last val R@1 i2t {val['i2t_r1']:.1f} t2i {val['t2i_r1']:.1f}")
+    else:
+        line += "; no validation split: best.pt is the last checkpoint"
     print(line)
     print(json.dumps({k: v for k, v in summary.items() if k != "val"}, default=str))
     return 0

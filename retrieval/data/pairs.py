@@ -43,6 +43,30 @@ def read_pairs(
     return _read_file(path, root, img_key, caption_key, separator, splits, None, problems)
 
 
+def names_splits(path: Path, separator: str) -> bool:
+    """Whether a pairs file says which rows belong to which split: a `{split}` path or a `split` column/key.
+
+    A file that does not is every split at once, so it cannot serve both training and evaluation.
+    """
+    if "{split}" in str(path):
+        return True
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    if path.suffix.lower() in _JSONL_SUFFIXES:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            return any(f'"{SPLIT_KEY}"' in line and SPLIT_KEY in _json_keys(line) for line in f)
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+        return SPLIT_KEY in next(csv.reader(f, delimiter=separator), [])
+
+
+def _json_keys(line: str) -> set[str]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return set()
+    return set(row) if isinstance(row, dict) else set()
+
+
 def _read_file(
     path: Path,
     root: Path | None,

@@ -88,6 +88,26 @@ def scan_records(
     return records, problems
 
 
+def split_problem(cfg_data: Mapping[str, Any]) -> str | None:
+    """Why the data cannot be split into training and held-out rows (None when it can).
+
+    Karpathy JSON always names each image's split; a pairs file must have a `split` column or a `{split}`
+    path, else every split is the whole file and "validation" or "test" recall would be training recall.
+    """
+    from retrieval.data.pairs import names_splits
+
+    if cfg_data.get("format", "karpathy") != "csv":
+        return None
+    path = Path(str(cfg_data["path"])).expanduser()
+    if names_splits(path, str(cfg_data.get("csv_separator", "\t"))):
+        return None
+    return (
+        f"{path} has no 'split' column, so every split would be all of its rows and held-out recall would be "
+        "training recall: add a 'split' column (train/val/test), or use one file per split with a {split} "
+        "placeholder in data.path (pairs_{split}.tsv) for a separate validation file"
+    )
+
+
 def load_records(
     cfg_data: Mapping[str, Any], splits: str | Sequence[str], skip_bad: bool | None = None
 ) -> list[ImageRecord]:

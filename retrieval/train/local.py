@@ -28,7 +28,15 @@ from retrieval.train.data import build_train_data
 from retrieval.train.distributed import init_distributed, shutdown
 from retrieval.train.local_pipeline import PipelinedRunner, SequentialRunner
 from retrieval.train.local_units import build_units, local_heads
-from retrieval.train.session import RunSetup, end_of_block, log_train, prepare_run, save_last, wall_time
+from retrieval.train.session import (
+    RunSetup,
+    best_summary,
+    end_of_block,
+    log_train,
+    prepare_run,
+    save_last,
+    wall_time,
+)
 from retrieval.train.state import Progress, Trainables, load_training_state
 from retrieval.train.step import penalty_weight
 
@@ -155,8 +163,7 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, setup: RunSet
     return {
         "step": progress.step,
         "epoch": progress.epoch,
-        "best_step": progress.best_step,
-        "best_rsum": progress.best_rsum,
+        **best_summary(progress),
         "val": val,
         "orthogonality_error": enn.orthogonality_error(setup.towers.model),
         "wall_s": wall_time(setup, progress),

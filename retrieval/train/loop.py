@@ -19,7 +19,7 @@ import enn
 from retrieval.train.data import build_train_data
 from retrieval.train.distributed import DistEnv, init_distributed, shutdown
 from retrieval.train.optim import build_optimizer, build_scheduler
-from retrieval.train.session import end_of_block, log_train, prepare_run, save_last, wall_time
+from retrieval.train.session import best_summary, end_of_block, log_train, prepare_run, save_last, wall_time
 from retrieval.train.state import Progress, Trainables, restore_training_state
 from retrieval.train.step import StepResult, build_loss, train_step
 
@@ -128,8 +128,7 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv)
     return {
         "step": progress.step,
         "epoch": progress.epoch,
-        "best_step": progress.best_step,
-        "best_rsum": progress.best_rsum,
+        **best_summary(progress),
         "val": val,
         "orthogonality_error": enn.orthogonality_error(model),
         "wall_s": wall_time(setup, progress),

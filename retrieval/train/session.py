@@ -8,6 +8,7 @@ curves.png. Only rank 0 writes; every rank may call these (the others return at 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -24,6 +25,7 @@ import enn
 from retrieval.checkpoint import LoadedModel
 from retrieval.config import save_config
 from retrieval.data import EvalSet, ImageRecord
+from retrieval.data.records import split_problem
 from retrieval.device import usable_cores
 from retrieval.errors import UserError
 from retrieval.evaluate import evaluate, load_eval_set
@@ -89,8 +91,11 @@ def prepare_run(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: Dis
     resume_state = read_resume_point(run.last, cfg) if resume else None
     if not resume and run.last.is_file():
         raise UserError(f"{run.root} already holds a run (checkpoints/last.pt); pass --resume or another --out")
-    train_records = load_train_records(cfg)
     val_split = cfg["data"]["val_split"]
+    problem = split_problem(cfg["data"]) if val_split else None
+    if problem:
+        raise UserError(f"{problem}, or set data.val_split: null to train without validation")
+    train_records = load_train_records(cfg)
     val_set = load_eval_set(cfg["data"], str(val_split)) if val_split else None
     set_cpu_threads(cfg, env)
     seed_everything(int(cfg["training"]["seed"]))
@@ -168,18 +173,20 @@ def log_train(setup: RunSetup, progress: Progress, values: Mapping[str, Any]) ->
 def end_of_block(setup: RunSetup, cfg: dict[str, Any], trainables: Trainables, progress: Progress) -> dict[str, Any]:
     """Validate (rank 0), update best.pt on a better RSUM, write last.pt, log a `"kind": "val"` record, redraw curves.
 
-    Without a validation split (`data.val_split: null`) every call's model counts as the best. Returns the
-    validation metrics ({} on other ranks).
+    Without a validation split (`data.val_split: null`) best.pt is the last checkpoint and no RSUM is
+    recorded. Returns the validation metrics ({} on other ranks).
     """
     if not setup.env.is_main:
         return {}
     metrics: dict[str, Any] = {}
     if setup.val_set is not None:
         metrics = validate(setup.towers, cfg, setup.val_set, setup.env.device)
-    rsum = metrics.get("rsum", float(progress.step))
-    improved = rsum > progress.best_rsum
+    # Without validation no recall was measured: best.pt is simply the last checkpoint (best_rsum stays unset).
+    improved = not metrics or metrics["rsum"] > progress.best_rsum
     if improved:
-        progress.best_rsum, progress.best_step = rsum, progress.step
+        progress.best_step = progress.step
+        if metrics:
+            progress.best_rsum = metrics["rsum"]
     record = {"kind": "val", "step": progress.step, "epoch": progress.epoch, **metrics,
               "orthogonality_error": enn.orthogonality_error(setup.towers.model),
               "wall_s": round(wall_time(setup, progress), 3)}
@@ -193,3 +200,11 @@ def end_of_block(setup: RunSetup, cfg: dict[str, Any], trainables: Trainables, p
         log.info("step %d: val RSUM %.1f (R@1 i2t %.1f, t2i %.1f)%s", progress.step, metrics["rsum"],
                  metrics["i2t_r1"], metrics["t2i_r1"], " — best so far" if improved else "")
     return metrics
+
+
+def best_summary(progress: Progress) -> dict[str, Any]:
+    """How best.pt was chosen, for run summaries: its step, its validation RSUM (None when no validation
+    ran) and `best` = "validation RSUM" or "last checkpoint"."""
+    measured = math.isfinite(progress.best_rsum)
+    return {"best_step": progress.best_step, "best_rsum": progress.best_rsum if measured else None,
+            "best": "validation RSUM" if measured else "last checkpoint"}
