@@ -1,12 +1,15 @@
 """ENN (penalty, exact) against the plain twin: same config, same budget, several seeds; test recall.
 
 Each run is `retrieval train` (the demo config unless --config) followed by `retrieval eval` of its
-best.pt on the test split, one run at a time in fresh processes. Prints a table of mean ± std over seeds
-and writes bench/results/enn_vs_plain.json (per-run numbers too). Finished runs are reused when the script
-is started again with the same arguments, so an interrupted sweep can be continued.
+best.pt on the test split, in fresh processes (`--parallel 2` runs two at a time; give each one thread
+with `--threads 1`). Every variant of a seed sees the same data order (seeded by training.seed) and the
+same initial function (ENN starts from the SVD of the plain initialisation). Prints a table of mean ± std
+over seeds and each variant's difference from the plain twin with a 95 % confidence interval (Welch's t
+over seeds), and writes the JSON (per-run numbers, load averages) to --out. Finished runs are reused when
+the script is started again with the same arguments, so an interrupted sweep can be continued.
 
-    python bench/enn_vs_plain.py                                  # 3 variants × 3 seeds, demo budget
-    python bench/enn_vs_plain.py --set training.epochs=3          # a reduced, identical budget for all
+    python bench/enn_vs_plain.py --seeds 0 1 2 3 4 --parallel 2 --threads 1      # the verdict, demo budget
+    python bench/enn_vs_plain.py --variants enn-penalty --lambdas 1e-3 1e-1 ...    # a penalty-λ sweep
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 VARIANTS = {
@@ -41,7 +45,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--split", default="test")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS for the runs (default: leave the environment as is)")
-    return parser.parse_args()
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (each a training process)")
+    parser.add_argument("--lambdas", nargs="+", default=[], metavar="LAMBDA",
+                        help="add an enn-penalty variant per penalty weight (enn.lambda), e.g. 1e-3 1e-1")
+    args = parser.parse_args()
+    for lam in args.lambdas:
+        name = f"enn-penalty-lambda{lam}"
+        VARIANTS[name] = [*VARIANTS["enn-penalty"], f"enn.lambda={lam}"]
+        args.variants.append(name)
+    return args
+
+
+def load_average() -> float:
+    """1-minute load average (recorded beside every run: wall times mean little without it)."""
+    return round(os.getloadavg()[0], 2)
 
 
 def retrieval(*args: str, env: dict[str, str]) -> str:
@@ -66,6 +83,7 @@ def one_run(args: argparse.Namespace, variant: str, seed: int, env: dict[str, st
 
         shutil.rmtree(run)
     sets = [item for pair in overrides for item in ("--set", pair)]
+    load_start = load_average()
     start = time.perf_counter()
     summary = json.loads(retrieval("train", "--config", args.config, "--out", str(run), *sets,
                                    env=env).strip().splitlines()[-1])
@@ -80,14 +98,14 @@ def one_run(args: argparse.Namespace, variant: str, seed: int, env: dict[str, st
         "test": {k: test[k] for k in METRICS}, "best_step": summary["best_step"], "steps": summary["step"],
         "best_val_rsum": summary["best_rsum"], "train_wall_s": round(summary["wall_s"], 1),
         "process_wall_s": round(train_wall, 1), "final_orthogonality_error": last_train["orthogonality_error"],
-        "final_train_loss": last_train["loss"],
+        "final_train_loss": last_train["loss"], "load_average": [load_start, load_average()],
     }
     result_file.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
 def summarise(runs: list[dict], variants: list[str]) -> dict:
-    """Mean and (sample) standard deviation over seeds, per variant."""
+    """Mean and (sample) standard deviation over seeds, per variant, and the difference from `plain`."""
     table = {}
     for variant in variants:
         mine = [r for r in runs if r["variant"] == variant]
@@ -96,16 +114,35 @@ def summarise(runs: list[dict], variants: list[str]) -> dict:
             values = [r["test"][key] if key in METRICS else r[key] for r in mine]
             stats[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
         table[variant] = {"seeds": [r["seed"] for r in mine], **stats}
+        baseline = [r["test"]["rsum"] for r in runs if r["variant"] == "plain"]
+        if variant != "plain" and len(baseline) > 1 and len(mine) > 1:
+            table[variant]["rsum_minus_plain"] = welch_difference([r["test"]["rsum"] for r in mine], baseline)
     return table
 
 
+def welch_difference(a: list[float], b: list[float], level: float = 0.95) -> dict:
+    """mean(a) − mean(b) with a Welch's-t confidence interval (unequal variances, few seeds) and a verdict."""
+    from scipy import stats
+
+    result = stats.ttest_ind(a, b, equal_var=False)
+    low, high = result.confidence_interval(level)
+    diff = statistics.mean(a) - statistics.mean(b)
+    verdict = "no measurable difference" if low <= 0 <= high else ("better" if diff > 0 else "worse")
+    return {"mean": diff, "ci95": [float(low), float(high)], "p_value": float(result.pvalue), "verdict": verdict}
+
+
 def print_table(table: dict) -> None:
-    header = f"{'variant':<12}" + "".join(f"{k:>14}" for k in (*METRICS, "wall s", "ortho err"))
+    header = f"{'variant':<28}" + "".join(f"{k:>14}" for k in (*METRICS, "wall s", "ortho err"))
     print(header)
     for variant, stats in table.items():
         cells = [f"{stats[k]['mean']:6.1f} ± {stats[k]['std']:4.1f}" for k in (*METRICS, "train_wall_s")]
         cells.append(f"{stats['final_orthogonality_error']['mean']:.1e}")
-        print(f"{variant:<12}" + "".join(f"{c:>14}" for c in cells))
+        print(f"{variant:<28}" + "".join(f"{c:>14}" for c in cells))
+    for variant, stats in table.items():
+        if "rsum_minus_plain" in stats:
+            d = stats["rsum_minus_plain"]
+            print(f"{variant} − plain: RSUM {d['mean']:+.1f}, 95 % CI [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}] "
+                  f"(Welch, p = {d['p_value']:.2f}): {d['verdict']}")
 
 
 def main() -> None:
@@ -113,17 +150,26 @@ def main() -> None:
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    runs = []
-    for seed in args.seeds:  # seed-major: a partial sweep still compares the variants on the same seeds
-        for variant in args.variants:
-            print(f"[{time.strftime('%H:%M:%S')}] {variant} seed {seed} ...", flush=True)
-            runs.append(one_run(args, variant, seed, env))
-            print(f"    test RSUM {runs[-1]['test']['rsum']:.1f}, {runs[-1]['train_wall_s']:.0f} s", flush=True)
+    # seed-major: a partial sweep still compares the variants on the same seeds
+    jobs = [(variant, seed) for seed in args.seeds for variant in args.variants]
+
+    def run(job: tuple[str, int]) -> dict:
+        variant, seed = job
+        print(f"[{time.strftime('%H:%M:%S')}] {variant} seed {seed} ... (load {load_average()})", flush=True)
+        result = one_run(args, variant, seed, env)
+        print(f"[{time.strftime('%H:%M:%S')}] {variant} seed {seed}: test RSUM {result['test']['rsum']:.1f}, "
+              f"{result['train_wall_s']:.0f} s", flush=True)
+        return result
+
+    load_start = load_average()
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        runs = list(pool.map(run, jobs))
     table = summarise(runs, args.variants)
     print_table(table)
     report = {
         "benchmark": "enn_vs_plain", "date": time.strftime("%Y-%m-%d"), "config": args.config,
         "overrides": args.overrides, "split": args.split, "threads": env.get("OMP_NUM_THREADS", "default"),
+        "parallel": args.parallel, "load_average": {"start": load_start, "end": load_average()},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "summary": table, "runs": runs,
     }
