@@ -14,7 +14,7 @@ import sys
 from retrieval.errors import UserError
 
 COMMANDS: dict[str, str] = {
-    "data": "generate the embedded dataset (`data synth`) or check a dataset (`data check`)",
+    "data": "generate a dataset (`data synth`: drawn shapes, `data fashion`: Fashion-MNIST photos) or check one",
     "train": "contrastive training of ENN towers (backprop or ENN-ℓ local), one process or torchrun",
     "eval": "Recall@K on a Karpathy/CSV split (exact, and through an index with --index)",
     "embed": "encode images and captions of a dataset, a folder or a text file into normalised arrays",

@@ -1,4 +1,5 @@
-"""`retrieval data synth` (write the embedded dataset) and `retrieval data check` (validate a dataset)."""
+"""`retrieval data synth` / `retrieval data fashion` (write a generated dataset) and `retrieval data check`
+(validate a dataset)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ import time
 from collections import Counter
 
 from retrieval.data.arguments import add_data_arguments, data_section
-from retrieval.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `retrieval data` parser with its two subcommands."""
+    """The `retrieval data` parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="retrieval data", description="Make or check a dataset.")
-    sub = parser.add_subparsers(dest="action", required=True, metavar="{synth,check}")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{synth,fashion,check}")
 
     synth = sub.add_parser(
         "synth",
@@ -21,12 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Procedurally drawn scenes (1-4 coloured shapes, sizes, places, relations) with 5 "
         "captions each, in the Karpathy split format: OUT/dataset.json + OUT/images/. Deterministic per seed.",
     )
-    synth.add_argument("--out", required=True, help="output folder (e.g. data/synth)")
-    synth.add_argument("--images", type=int, default=20000, help="total images (val = test = min(1000, N/10))")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--size", type=int, default=64, help="image side in pixels")
-    synth.add_argument("--workers", type=int, default=2, help="rendering processes")
-    synth.add_argument("--overwrite", action="store_true", help="replace a synth dataset made with other arguments")
+    _add_generator_arguments(synth, "synth", 20000)
+
+    fashion = sub.add_parser(
+        "fashion",
+        help="write the real-photo dataset from Fashion-MNIST (Karpathy JSON + PNGs)",
+        description="2-4 Fashion-MNIST garment photos per image on a 2x2 grid, with 5 captions each that "
+        "name where the garments are; train images use only the training file's photos, val/test only the "
+        "test file's. Needs the files of Debian's dataset-fashion-mnist package (or --source). "
+        "Same Karpathy layout as `data synth`: OUT/dataset.json + OUT/images/. Deterministic per seed.",
+    )
+    _add_generator_arguments(fashion, "fashion", 12000)
+    fashion.add_argument("--source", help="folder with Fashion-MNIST's four IDX .gz files "
+                         "(default: /usr/share/datasets/fashion-mnist, where the Debian package puts them)")
 
     check = sub.add_parser(
         "check",
@@ -39,20 +46,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_generator_arguments(parser: argparse.ArgumentParser, name: str, images: int) -> None:
+    """The options every generated dataset takes."""
+    parser.add_argument("--out", required=True, help=f"output folder (e.g. data/{name})")
+    parser.add_argument("--images", type=int, default=images, help="total images (val = test = min(1000, N/10))")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--workers", type=int, default=2, help="rendering processes")
+    parser.add_argument("--overwrite", action="store_true", help=f"replace a {name} dataset made with other arguments")
+
+
 def main(argv: list[str]) -> int:
     """Entry point of `retrieval data`."""
     args = build_parser().parse_args(argv)
-    return _synth(args) if args.action == "synth" else _check(args)
+    if args.action == "check":
+        return _check(args)
+    return _generate(args)
 
 
-def _synth(args: argparse.Namespace) -> int:
-    from retrieval.data.synth.generate import generate, split_sizes
+def _generate(args: argparse.Namespace) -> int:
+    from retrieval.data.generated import split_sizes
 
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    options = {"n_images": args.images, "seed": args.seed, "size": args.size, "workers": args.workers,
+               "overwrite": args.overwrite}
     start = time.perf_counter()
-    path = generate(args.out, n_images=args.images, seed=args.seed, size=args.size, workers=args.workers,
-                    overwrite=args.overwrite)
+    if args.action == "synth":
+        from retrieval.data.synth.generate import generate
+
+        path = generate(args.out, **options)
+    else:
+        from retrieval.data.fashion.generate import generate
+
+        path = generate(args.out, source=args.source, **options)
     sizes = ", ".join(f"{split} {n}" for split, n in split_sizes(args.images).items())
     print(f"{path}: {args.images} images ({sizes}), 5 captions each, {time.perf_counter() - start:.1f} s")
     return 0
