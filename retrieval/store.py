@@ -24,6 +24,9 @@ import numpy as np
 from retrieval.errors import UserError
 
 MODALITIES = ("image", "text")
+# The largest id: SQLite's INTEGER ends at 2^63 − 1 (a larger one cannot even be bound); this is the largest
+# integer below it that a double holds exactly, so JSON tools that read numbers as doubles agree on the bound.
+MAX_ID = 2**63 - 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -145,6 +148,53 @@ class ItemStore:
             ).fetchone()
         return _item(row) if row else None
 
+    def update_metadata(self, item_id: int, changes: dict[str, Any]) -> Item | None:
+        """Merge `changes` into an item's metadata (a None value removes the key), committed; None if no such id."""
+        with self._write_lock:
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                row = cur.execute("SELECT metadata FROM items WHERE id = ?", (item_id,)).fetchone()
+                if row is not None:
+                    metadata = json.loads(row[0])
+                    for key, value in changes.items():
+                        if value is None:
+                            metadata.pop(key, None)
+                        else:
+                            metadata[key] = value
+                    row = cur.execute(
+                        "UPDATE items SET metadata = ? WHERE id = ? RETURNING id, modality, caption, uri, metadata, created",
+                        (json.dumps(metadata), item_id),
+                    ).fetchone()
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return _item(row) if row else None
+
+    def page(self, modality: str | None, offset: int, limit: int) -> list[Item]:
+        """Items in id order (of one modality, or all), `limit` of them from position `offset`."""
+        where, args = ("WHERE modality = ?", (modality,)) if modality else ("", ())
+        with self._read_lock:
+            rows = self._reader.execute(
+                f"SELECT id, modality, caption, uri, metadata, created FROM items {where} ORDER BY id LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
+        return [_item(row) for row in rows]
+
+    def metadata_values(self, modality: str, keys: Sequence[str]) -> list[tuple[int, str, Any]]:
+        """(id, JSON type, value) of the metadata field at `keys` (nested), one row per element for lists.
+
+        Types are SQLite's JSON type names (text, integer, real, true, false, null, array, object); a field
+        holding an object yields nothing. `keys` must be plain names (letters, digits, `_`, `-`)."""
+        path = "$" + "".join(f'."{key}"' for key in keys)
+        with self._read_lock:
+            return self._reader.execute(
+                "SELECT items.id, e.type, e.value FROM items, json_each(items.metadata, ?) AS e "
+                "WHERE items.modality = ? AND json_type(items.metadata, ?) != 'object'",
+                (path, modality, path),
+            ).fetchall()
+
     def get(self, ids: Sequence[int]) -> dict[int, Item]:
         """The items among `ids` that exist, by id (for search results)."""
         found: dict[int, Item] = {}
@@ -199,10 +249,11 @@ class ItemStore:
             yield ids, vectors
             last = int(ids[-1])
 
-    def count(self, modality: str) -> int:
-        """Number of items of one modality."""
+    def count(self, modality: str | None) -> int:
+        """Number of items of one modality (None: all)."""
+        where, args = ("WHERE modality = ?", (modality,)) if modality else ("", ())
         with self._read_lock:
-            return int(self._reader.execute("SELECT COUNT(*) FROM items WHERE modality = ?", (modality,)).fetchone()[0])
+            return int(self._reader.execute(f"SELECT COUNT(*) FROM items {where}", args).fetchone()[0])
 
     def uris(self, modality: str) -> dict[str, int]:
         """uri → id for one modality (maps dataset files to items, e.g. for evaluation through an index)."""

@@ -24,12 +24,25 @@ HEADER = """\
 INTRO = """\
 The live schema is served by the running service at `/openapi.json` (interactive docs at `/docs`).
 
-**Auth.** Writes (`POST /v1/items`, `DELETE /v1/items/{id}`) need `Authorization: Bearer KEY`, where KEY is the
-server's `RETRIEVAL_API_KEY` (writes are refused with 403 when the server has no key). Reads need the key only
-when the server runs with `--auth-reads`. **Errors** are JSON `{"detail": "..."}` with a message saying what
-to fix: 4xx for bad input (422 for invalid fields, wrong-dimension or non-finite embeddings, k out of range;
-413 for bodies or images over the limits), 503 (with `Retry-After`) while loading or when the encode queue is
-full. Limits are listed by `GET /v1/info`.
+**Auth.** Writes (`POST /v1/items`, `PATCH` and `DELETE /v1/items/{id}`) need `Authorization: Bearer KEY`, where
+KEY is the server's `RETRIEVAL_API_KEY` (writes are refused with 403 when the server has no key). Reads need the
+key only when the server runs with `--auth-reads`. **Errors** are JSON `{"detail": "...", "errors": [...]}`: a
+message saying what to fix, and for invalid requests one entry per bad field or item (`texts[2]`, `files[0]`,
+`queries[1].k`). 4xx for bad input (422 for invalid fields, wrong-dimension or non-finite embeddings, k out of
+range; 413 for bodies or images over the limits; 415 for files that are not images), 503 (with `Retry-After`)
+while loading or when the encode queue is full; never a 500 for anything a client sends. The served schema
+(`/openapi.json`) states the rules the server enforces, with this server's limits (max_k, the embedding
+dimension, …) filled in; limits are also listed by `GET /v1/info`.
+
+**Search options** (every search route; `/knn-service` keeps clip-retrieval's body). A query is exactly one of
+`text`, `image_b64`, `embedding`, `item_id` ("more like this": the item's own embedding, the item itself left
+out), or `text` + `image_b64` together, combined as `text_weight`·text + (1 − `text_weight`)·image (normalised
+embeddings, default 0.5). `k` results from position `offset` (paging: ties are ordered by id, so pages never
+overlap), `min_score` drops results less similar than that cosine, and `filter` keeps only items whose JSON
+metadata matches, inside the index search, so k results come back whenever k items match:
+`{"colour": "red", "tag": {"in": ["a", "b"]}, "year": {"gte": 2020, "lt": 2024}}` — fields ANDed, dots reach
+into nested objects (`camera.make`), a stored list matches when any element does, numbers compare as numbers
+and strings as strings (ISO dates order correctly), and a value of another type never matches.
 """
 
 
@@ -86,6 +99,8 @@ class Renderer:
         if "enum" in node:
             return " \\| ".join(f'`"{value}"`' for value in node["enum"])
         kind = node.get("type", "any")
+        if isinstance(kind, list):
+            return " \\| ".join(self.type_of({**node, "type": one}) for one in kind)
         if kind == "string" and (node.get("format") == "binary" or "contentMediaType" in node):
             return "file"
         if kind == "array":
@@ -136,6 +151,7 @@ class Renderer:
                 args.append(f"-F {name}=@image.png")
             elif name in node.get("required", []) or self.example_value(prop) is not None:
                 value = self.example_value(prop)
+                value = json.dumps(value) if isinstance(value, dict | list) else value
                 args.append(f"-F {shlex.quote(f'{name}={value if value is not None else _placeholder(item)}')}")
         return args
 
@@ -162,7 +178,10 @@ class Renderer:
         if (method, path) in self.writes:
             lines += ["Needs the write key: `Authorization: Bearer KEY`.", ""]
         for param in op.get("parameters", []):
-            lines.append(f"- {param['in']} parameter `{param['name']}`: {self.type_of(param.get('schema', {}))}")
+            schema = param.get("schema") or next(iter(param.get("content", {}).values()), {}).get("schema", {})
+            kind = self.type_of(schema) + (" (JSON)" if "content" in param else "")
+            about = f" — {param['description']}" if param.get("description") else ""
+            lines.append(f"- {param['in']} parameter `{param['name']}`: {kind}{about}")
         if op.get("parameters"):
             lines.append("")
         for media, spec in op.get("requestBody", {}).get("content", {}).items():

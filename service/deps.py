@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import HTTPException, Request
 
 from service.engine import Engine
+from service.schemas import Problem
 from service.settings import Settings
 
 
@@ -31,17 +32,25 @@ def check_k(k: int, settings: Settings) -> None:
         raise HTTPException(422, f"k must be between 1 and {settings.max_k}, got {k}")
 
 
-def check_batch(n: int, settings: Settings, what: str) -> None:
-    """A non-empty batch of at most max_texts inputs (422 empty, 413 too many)."""
-    if n == 0:
-        raise HTTPException(422, f"no {what} given")
-    if n > settings.max_texts:
-        raise HTTPException(413, f"{n} {what} in one request; the limit is {settings.max_texts}")
+def check_count(n: int, limit: int, what: str) -> None:
+    """At most `limit` inputs in one request (the schema's maxItems), else 422."""
+    if n > limit:
+        raise HTTPException(422, f"{n} {what} in one request; the limit is {limit}")
 
 
-def check_texts(texts: list[str], settings: Settings, field: str = "texts") -> None:
-    """A batch of non-empty texts."""
-    check_batch(len(texts), settings, field)
-    for n, text in enumerate(texts):
-        if not text.strip():
-            raise HTTPException(422, f"{field}[{n}] is empty")
+_MEANING = {
+    400: "Malformed request: invalid JSON, base64 or multipart, or an unreadable image",
+    401: "Missing or invalid API key",
+    403: "Writes are disabled: the server has no API key",
+    404: "No such item (or index)",
+    409: "The index is read-only (memory-mapped)",
+    413: "Body or image over the size limits",
+    415: "Unsupported content type or image format",
+    422: "Invalid fields: see `detail` and `errors`",
+    503: "Loading, shutting down, or the encode queue is full: retry after `Retry-After` seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` entries for the error statuses a route can answer, each a `Problem` body."""
+    return {code: {"model": Problem, "description": _MEANING[code]} for code in codes}

@@ -125,23 +125,41 @@ class Engine:
             raise HTTPException(422, f"embedding has {vector.size} values; this index needs {self.index.dim}")
         if not np.isfinite(vector).all():
             raise HTTPException(422, "embedding contains NaN or infinite values")
-        norm = float(np.linalg.norm(vector))
-        if norm == 0.0:
+        scale = float(np.max(np.abs(vector)))
+        if scale == 0.0:
             raise HTTPException(422, "embedding is the zero vector")
-        return (vector / norm).astype(np.float32)
+        vector = vector / scale  # before squaring: values near the float limits would overflow
+        return (vector / np.linalg.norm(vector)).astype(np.float32)
 
-    async def search(self, vector: np.ndarray, target: str, k: int) -> list[Hit]:
-        """Top-k items of `target` for one normalised query vector.
+    async def search(
+        self, vector: np.ndarray, target: str, k: int, offset: int = 0, allowed: np.ndarray | None = None,
+        exclude: int | None = None,
+    ) -> list[Hit]:
+        """Hits `offset` to `offset + k` of the ranking of `target` items for one normalised query vector.
 
-        A small-k search (~0.1 ms for HNSW, well under a millisecond for the largest `auto` flat index)
+        `allowed`: only these item ids (a filter's matches); `exclude`: an item left out (the query's own).
+        A small unfiltered search (~0.1 ms for HNSW, well under a millisecond for the largest `auto` flat index)
         runs right here on the event loop when the index is free: a thread hop would cost more than the
-        search. Large k, or an index busy with a write or snapshot, goes to the index threads.
+        search. Filtered or deep searches, or an index busy with a write or snapshot, go to the index threads.
         """
         query = vector.reshape(1, -1)
-        hits = self.index.search(target, query, k, wait=False) if k <= INLINE_SEARCH_MAX_K else None
+        depth = offset + k + (exclude is not None)
+        inline = depth <= INLINE_SEARCH_MAX_K and allowed is None
+        hits = self.index.search(target, query, depth, wait=False) if inline else None
         if hits is None:
-            hits = await self._on_index(self.index.search, target, query, k)
-        return hits[0]
+            hits = await self._on_index(self.index.search, target, query, depth, True, allowed)
+        return [hit for hit in hits[0] if hit.item.id != exclude][offset : offset + k]
+
+    async def matching(self, target: str, spec: dict) -> np.ndarray:
+        """Ids of `target` items whose metadata passes a filter (a store read: in the index threads)."""
+        return await self._on_index(self.index.matching, target, spec)
+
+    async def item_vector(self, item_id: int) -> np.ndarray:
+        """A stored item's embedding (404 when there is no such item)."""
+        try:
+            return (await self._on_index(self.index.store.embeddings_of, [item_id]))[0]
+        except KeyError:
+            raise HTTPException(404, f"no item with id {item_id}") from None
 
     async def add(self, items: list[NewItem]) -> list[int]:
         """Durably add items (store commit, then index)."""
@@ -150,6 +168,14 @@ class Engine:
     async def store_image(self, upload: Upload) -> str:
         """Keep an uploaded image's bytes; returns its uri."""
         return await self._on_index(self.index.save_image, upload.data, upload.suffix)
+
+    async def update_metadata(self, item_id: int, changes: dict) -> Item | None:
+        """Durably merge metadata changes into an item."""
+        return await self._on_index(self.index.update_metadata, item_id, changes)
+
+    async def list_items(self, modality: str | None, spec: dict | None, offset: int, limit: int) -> tuple[list[Item], int]:
+        """A page of stored items and the total (a store read: in the index threads)."""
+        return await self._on_index(self.index.listing, modality, spec, offset, limit)
 
     async def delete(self, item_id: int) -> Item | None:
         """Durably delete an item."""

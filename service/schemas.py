@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Target = Literal["image", "text"]
+from service.search_schemas import (
+    IMAGE_BASE64,
+    NON_BLANK,
+    NOT_ZERO,
+    Integer,
+    NonBlank,
+    Target,
+    limit,
+    optional,
+)
 
 
 class Status(BaseModel):
@@ -15,17 +24,26 @@ class Status(BaseModel):
     status: str = Field(examples=["ok"])
 
 
-class Problem(BaseModel):
-    """Every error: a message a user can act on."""
+class ItemError(BaseModel):
+    """What is wrong with one input of a request (an item to add, a text, a query)."""
 
-    detail: str | list[Any]
+    field: str = Field(description="where: `texts[2]`, `files[0]`, `queries[1].k`, …")
+    detail: str
+
+
+class Problem(BaseModel):
+    """Every error: a message a user can act on; invalid requests also list each bad input."""
+
+    detail: str
+    errors: list[ItemError] = Field(default_factory=list)
 
 
 class EmbedTextRequest(BaseModel):
     """Texts to embed."""
 
-    model_config = ConfigDict(extra="forbid")
-    texts: list[str] = Field(description="one or more non-empty texts (at most max_texts)", examples=[["a red circle"]])
+    model_config = ConfigDict(extra="forbid", strict=True)
+    texts: list[NonBlank] = Field(min_length=1, description="texts with something besides white space",
+                                  examples=[["a red circle"]], json_schema_extra=limit("max_texts", "maxItems"))
 
 
 class EmbedResponse(BaseModel):
@@ -37,49 +55,22 @@ class EmbedResponse(BaseModel):
     truncated: list[bool] = Field(description="per input: the text was cut to the context length (always false for images)")
 
 
-class SearchRequest(BaseModel):
-    """Exactly one query (text, base64 image, or a raw embedding) against one target index."""
-
-    model_config = ConfigDict(extra="forbid")
-    text: str | None = Field(None, examples=["two blue squares"])
-    image_b64: str | None = Field(None, description="base64 image bytes (a data: URL prefix is accepted)")
-    embedding: list[float] | None = Field(None, description="a query vector of the model's dimension (normalised here)")
-    target: Target = Field("image", description="which index to search: images or texts")
-    k: int = Field(10, description="results to return, 1 ≤ k ≤ max_k")
-
-
-class SearchResult(BaseModel):
-    """One hit: the stored item and its cosine similarity to the query."""
-
-    id: int
-    score: float
-    modality: Target
-    caption: str | None = None
-    uri: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class SearchResponse(BaseModel):
-    """Hits, best first."""
-
-    results: list[SearchResult]
-    took_ms: float
-    truncated: bool = Field(False, description="the query text was cut to the context length")
-
-
 class AddTextsRequest(BaseModel):
     """Texts to add as items (JSON form of POST /v1/items; images are added as multipart)."""
 
-    model_config = ConfigDict(extra="forbid")
-    texts: list[str] = Field(examples=[["a small green triangle"]])
-    metadata: list[dict[str, Any]] | None = Field(None, description="one object per text (optional)")
+    model_config = ConfigDict(extra="forbid", strict=True)
+    texts: list[NonBlank] = Field(min_length=1, examples=[["a small green triangle"]],
+                                  json_schema_extra=limit("max_items_per_request", "maxItems"))
+    metadata: list[dict[str, Any]] = optional(description="one object per text, in the same order (as many as "
+                                                          "texts; an empty list is the same as none)",
+                                              json_schema_extra=limit("max_items_per_request", "maxItems"))
 
 
-class AddItemsResponse(BaseModel):
-    """Ids of the new items, in input order; they are durable once this response is sent."""
+class MetadataPatch(BaseModel):
+    """Metadata changes: each key is set to its value, or removed when the value is null."""
 
-    ids: list[int]
-    truncated: list[bool] = Field(default_factory=list, description="per text item: cut to the context length")
+    model_config = ConfigDict(extra="forbid", strict=True)
+    metadata: dict[str, Any] = Field(examples=[{"album": "holidays", "draft": None}])
 
 
 class Item(BaseModel):
@@ -92,6 +83,20 @@ class Item(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     created: str
     image_url: str | None = Field(None, description="where the image bytes are served (image items)")
+
+
+class ItemList(BaseModel):
+    """One page of items in id order, and how many items match in all."""
+
+    items: list[Item]
+    total: int
+
+
+class AddItemsResponse(BaseModel):
+    """Ids of the new items, in input order; they are durable once this response is sent."""
+
+    ids: list[int]
+    truncated: list[bool] = Field(default_factory=list, description="per text item: cut to the context length")
 
 
 class Deleted(BaseModel):
@@ -125,17 +130,29 @@ class Info(BaseModel):
     auth: dict[str, bool]
 
 
-class KnnRequest(BaseModel):
-    """clip-retrieval's /knn-service body (as `ClipClient` sends it); unknown fields are ignored."""
+def _one_knn_query(schema: dict[str, Any]) -> None:
+    """Exactly one of text, image, embedding_input is non-null (`oneOf`); image_url is refused unless null."""
+    kinds = {"text": {"type": "string", "pattern": NON_BLANK}, "image": {"type": "string", "minLength": 1, **IMAGE_BASE64},
+             "embedding_input": schema["properties"]["embedding_input"]["anyOf"][0]}
+    schema["oneOf"] = [
+        {"required": [name], "properties": {other: kinds[other] if other == name else {"type": "null"} for other in kinds}}
+        for name in kinds
+    ]
 
-    model_config = ConfigDict(extra="ignore")
+
+class KnnRequest(BaseModel):
+    """clip-retrieval's /knn-service body (as `ClipClient` sends it, unset fields null); unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_one_knn_query)
     text: str | None = None
-    image: str | None = Field(None, description="base64 image")
-    image_url: str | None = None
-    embedding_input: list[float] | None = None
+    image: str | None = Field(None, description="base64 image", json_schema_extra=IMAGE_BASE64)
+    image_url: None = Field(None, description="not supported (the server does not fetch URLs): send `image`")
+    embedding_input: list[float] | None = Field(
+        None, json_schema_extra=limit("dim", "minItems") | limit("dim", "maxItems") | NOT_ZERO
+    )
     modality: Target = "image"
-    num_images: int = 40
-    num_result_ids: int | None = None
+    num_images: Integer = Field(40, json_schema_extra={"minimum": 1, **limit("max_k")})
+    num_result_ids: Integer | None = None
     indice_name: str | None = None
     deduplicate: bool = False
     use_mclip: bool = False

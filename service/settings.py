@@ -29,8 +29,10 @@ class Settings:
     mmap: bool = False  # memory-map the FAISS files (IVF lists); the index is then read-only
     max_body_bytes: int = 16 << 20
     max_image_pixels: int = 40_000_000  # width × height, checked from the header before decoding
-    max_texts: int = 256  # texts (or images) per request
+    max_texts: int = 256  # texts or images to embed, or queries in a batch search, per request
+    max_items_per_request: int = 256  # items added by one POST /v1/items
     max_k: int = 1000
+    max_offset: int = 10_000  # deepest search page start (a search ranks offset + k items)
     batch_max_size: int = 64  # encode work gathered into one forward pass
     batch_max_wait_ms: float = 2.0  # how long a batch waits for more work while other requests are in flight
     queue_size: int = 1024  # pending encode items before requests get 503 + Retry-After
@@ -42,11 +44,12 @@ class Settings:
         self.onnx_dir = Path(self.onnx_dir) if self.onnx_dir else None
         if self.runtime not in ("torch", "onnx"):
             raise UserError(f"runtime must be torch or onnx, not {self.runtime!r}")
-        for name in ("max_body_bytes", "max_image_pixels", "max_texts", "max_k", "batch_max_size", "queue_size"):
+        for name in ("max_body_bytes", "max_image_pixels", "max_texts", "max_items_per_request", "max_k", "batch_max_size",
+                     "queue_size"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"setting {name} must be at least 1, got {getattr(self, name)!r}")
-        if self.batch_max_wait_ms < 0 or self.snapshot_interval_s <= 0:
-            raise UserError("batch_max_wait_ms must be ≥ 0 and snapshot_interval_s > 0")
+        if self.batch_max_wait_ms < 0 or self.snapshot_interval_s <= 0 or self.max_offset < 0:
+            raise UserError("batch_max_wait_ms and max_offset must be ≥ 0, and snapshot_interval_s > 0")
         if self.api_key == "":
             self.api_key = None
         if self.auth_reads and self.api_key is None:

@@ -5,6 +5,12 @@ behind a refine step cannot either, so for those the deleted ids become tombston
 at search time with a FAISS `IDSelector` (so a query still gets k live results) and physically dropped
 when the index is rebuilt from the store — at start-up, once they exceed `COMPACT_FRACTION` of it.
 The store is the truth; tombstones are simply "ids in the FAISS file that the store no longer has".
+
+Filtered search (`allowed`: the ids a metadata filter matched) is restricted inside FAISS by an ID selector,
+never by dropping results afterwards, so k results come back whenever k allowed items exist: a small allowed
+set (≤ `EXACT_MAX_MATCHES`) is searched exhaustively — only its own vectors are scored; a larger one goes
+through the ANN index with a selector and a search budget (efSearch, nprobe) widened by the inverse of the
+allowed fraction, and any query left short of k is answered exhaustively instead.
 """
 
 from __future__ import annotations
@@ -16,11 +22,22 @@ from typing import Any
 import faiss
 import numpy as np
 
-from retrieval.index.factory import index_ids, inner, set_search_params
+from retrieval.index.factory import index_ids, inner, ivf_of, set_search_params
 
 log = logging.getLogger(__name__)
 
 COMPACT_FRACTION = 0.1
+EXACT_MAX_MATCHES = 20_000  # like `factory.FLAT_MAX_ITEMS`: scoring this many vectors costs about a millisecond
+MAX_EF_SEARCH = 4096
+
+
+def bitmap_selector(members: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
+    """A FAISS selector of exactly `members` (non-negative ints): one bit per value up to the largest, O(1) per
+    test; returned with the bitmap it points to, which must stay alive while the selector is used."""
+    bits = np.zeros(int(members.max()) + 1 if len(members) else 1, bool)
+    bits[members] = True
+    packed = np.packbits(bits, bitorder="little")
+    return faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed)), packed
 
 
 class Collection:
@@ -34,6 +51,7 @@ class Collection:
         self.search_params = dict(search_params)
         self.tombstones: set[int] = set()
         self._filter: tuple | None = None  # SearchParameters + the selectors they point to (kept alive)
+        self._slots: tuple[np.ndarray, np.ndarray] | None = None  # ids in storage order, and their argsort
         set_search_params(index, kind, self.search_params)
 
     def configure(self, search_params: dict[str, Any]) -> None:
@@ -42,16 +60,81 @@ class Collection:
         set_search_params(self.index, self.kind, self.search_params)
         self._filter = None
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (n, k), best first; id -1 where fewer than k items exist."""
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n, k), best first; id -1 where fewer than k items exist (or are `allowed`)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        params = self._filter_params()
+        if allowed is None:
+            return self.index.search(queries, k, params=self._filter_params())
+        allowed = np.asarray(allowed, np.int64)
+        if self.kind == "flat":  # exact already; IDMap2 translates a selector on item ids
+            sel, _bits = bitmap_selector(allowed)
+            return self.index.search(queries, k, params=faiss.SearchParameters(sel=sel))
+        positions = self._positions(allowed)
+        if len(positions) <= EXACT_MAX_MATCHES:
+            return self._exhaustive(queries, k, allowed, positions)
+        scores, ids = self._widened(queries, k, allowed, positions)
+        short = (ids >= 0).sum(axis=1) < min(k, len(positions))
+        if short.any():
+            scores[short], ids[short] = self._exhaustive(queries[short], k, allowed, positions)
+        return scores, ids
+
+    def _widened(self, queries: np.ndarray, k: int, allowed: np.ndarray, positions: np.ndarray) -> tuple:
+        """ANN search restricted to `allowed`, its budget scaled by 1 / (allowed fraction)."""
+        scale = int(np.ceil(self.index.ntotal / max(1, len(positions))))
+        if self.kind == "hnsw":
+            sel, _bits = bitmap_selector(allowed)
+            params = faiss.SearchParametersHNSW()
+            params.sel = sel
+            params.efSearch = min(MAX_EF_SEARCH, max(k, int(self.search_params.get("efSearch", 16)) * scale))
+            return self.index.search(queries, k, params=params)
+        nprobe = int(self.search_params.get("nprobe", 1)) * scale
+        return self._ivf(queries, k, allowed, positions, nprobe)
+
+    def _exhaustive(self, queries: np.ndarray, k: int, allowed: np.ndarray, positions: np.ndarray) -> tuple:
+        """Score every allowed vector: HNSW's flat storage, or every IVF list (codes, then the refine step)."""
+        if self.kind != "hnsw":
+            return self._ivf(queries, k, allowed, positions, ivf_of(self.index).nlist)
+        storage = faiss.downcast_index(inner(self.index).storage)
+        sel, _bits = bitmap_selector(positions)
+        scores, slots = storage.search(queries, k, params=faiss.SearchParameters(sel=sel))
+        held, _ = self._storage_ids()
+        return scores, np.where(slots >= 0, held[np.maximum(slots, 0)], -1)
+
+    def _ivf(self, queries: np.ndarray, k: int, allowed: np.ndarray, positions: np.ndarray, nprobe: int) -> tuple:
+        refined = isinstance(inner(self.index), faiss.IndexRefine)
+        # Below IndexRefine the selector sees storage positions (untranslated); otherwise IDMap2 translates ids.
+        sel, _bits = bitmap_selector(positions if refined else allowed)  # both kept alive for the search
+        base = faiss.SearchParametersIVF()
+        base.nprobe = min(int(nprobe), ivf_of(self.index).nlist)
+        base.sel = sel
+        if not refined:
+            return self.index.search(queries, k, params=base)
+        params = faiss.IndexRefineSearchParameters()
+        params.k_factor = float(self.search_params.get("k_factor", 1))
+        params.base_index_params = base
         return self.index.search(queries, k, params=params)
+
+    def _storage_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """Item ids in storage order and the order that sorts them (cached until the index changes)."""
+        if self._slots is None:
+            held = index_ids(self.index)
+            self._slots = (held, np.argsort(held, kind="stable"))
+        return self._slots
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """Storage positions of the given item ids (ids the index does not hold are skipped)."""
+        held, order = self._storage_ids()
+        if not len(held):
+            return np.empty(0, np.int64)
+        where = np.minimum(np.searchsorted(held, ids, sorter=order), len(held) - 1)
+        found = held[order[where]] == ids
+        return np.sort(order[where[found]]).astype(np.int64)
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add vectors under item ids (the index must be trained)."""
         if len(ids):
             self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(ids, np.int64))
+            self._slots = None
 
     def remove(self, ids: np.ndarray) -> None:
         """Delete item ids: really for `flat`, as tombstones otherwise."""
@@ -60,6 +143,7 @@ class Collection:
             return
         if self.kind == "flat":
             self.index.remove_ids(ids)
+            self._slots = None
             return
         self.tombstones.update(int(i) for i in ids)
         self._filter = None
@@ -82,6 +166,7 @@ class Collection:
         """Drop every vector and re-add the store's (keeps IVF training and the search parameters)."""
         log.info("rebuilding the %s index from the store (%d items, %d deleted)", self.modality, len(store_ids), len(self.tombstones))
         self.index.reset()
+        self._slots = None
         for start in range(0, len(store_ids), 20_000):
             part = store_ids[start : start + 20_000]
             self.add(fetch(part), part)

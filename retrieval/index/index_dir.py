@@ -20,6 +20,7 @@ import numpy as np
 from retrieval.errors import UserError
 from retrieval.index.collection import Collection
 from retrieval.index.factory import index_ids
+from retrieval.index.filters import MetadataFilter
 from retrieval.index.io import atomic_write_bytes, read_index, remove_stale_temps, serialize
 from retrieval.index.manifest import IMAGES, STORE, Manifest, read_manifest, write_manifest
 from retrieval.store import MODALITIES, Item, ItemStore, NewItem, utc_now
@@ -59,6 +60,7 @@ class IndexDir:
         self.store = ItemStore(self.path / STORE, dim=self.manifest.dim)
         self.collections = {m: self._open(m, mmap) for m in MODALITIES}
         self._counts = {m: self.store.count(m) for m in MODALITIES}
+        self.filters = MetadataFilter(self.store)
 
     @property
     def dim(self) -> int:
@@ -88,29 +90,57 @@ class IndexDir:
                 collection = Collection(modality, read_index(path, mmap=True), info.kind, info.search_params)
         return collection
 
-    def search(self, modality: str, queries: np.ndarray, k: int, wait: bool = True) -> list[list[Hit]] | None:
-        """Top-k items of `modality` for each query row (normalised (n, D) float32), best first.
+    def search(
+        self, modality: str, queries: np.ndarray, k: int, wait: bool = True, allowed: np.ndarray | None = None
+    ) -> list[list[Hit]] | None:
+        """Top-k items of `modality` for each query row (normalised (n, D) float32), best first; equal scores
+        in id order, so that pages cut from the same ranking never overlap.
 
-        `wait=False` returns None instead of waiting while a write or snapshot holds the index (for callers
-        on an event loop, which then search from a worker thread).
+        `allowed`: restrict the results to these item ids (sorted; from `matching`). `wait=False` returns None
+        instead of waiting while a write or snapshot holds the index (for callers on an event loop, which
+        then search from a worker thread).
         """
         if not self._lock.acquire(blocking=wait):
             return None
         try:
-            scores, ids = self.collections[modality].search(queries, k)
+            scores, ids = self.collections[modality].search(queries, k, allowed)
         finally:
             self._lock.release()
         items = self.store.get([int(i) for i in ids.reshape(-1) if i >= 0])
         return [
-            [Hit(items[int(i)], float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0 and int(i) in items]
+            sorted(
+                (Hit(items[int(i)], float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0 and int(i) in items),
+                key=lambda hit: (-hit.score, hit.item.id),
+            )
             for row_s, row_i in zip(scores, ids, strict=True)
         ]
+
+    def matching(self, modality: str, spec: dict[str, Any]) -> np.ndarray:
+        """Sorted ids of the `modality` items whose metadata satisfies a filter (see `retrieval.index.filters`)."""
+        return self.filters.matching(modality, spec)
+
+    def listing(self, modality: str | None, spec: dict[str, Any] | None, offset: int, limit: int) -> tuple[list[Item], int]:
+        """One page of items in id order (of a modality or all, optionally filtered) and how many there are."""
+        if not spec:
+            return self.store.page(modality, offset, limit), self.store.count(modality)
+        ids = np.sort(np.concatenate([self.matching(m, spec) for m in ((modality,) if modality else MODALITIES)]))
+        found = self.store.get([int(i) for i in ids[offset : offset + limit]])
+        return [found[int(i)] for i in ids[offset : offset + limit] if int(i) in found], len(ids)
+
+    def update_metadata(self, item_id: int, changes: dict[str, Any]) -> Item | None:
+        """Merge metadata changes into an item (None removes a key), committed; None when there is no such id."""
+        if self.read_only:
+            raise ReadOnlyIndexError("the index is memory-mapped read-only (started with mmap); writes are disabled")
+        item = self.store.update_metadata(item_id, changes)
+        self.filters.invalidate()
+        return item
 
     def add(self, items: list[NewItem]) -> list[int]:
         """Store (committed) then index items; returns their ids once both are done."""
         if self.read_only:
             raise ReadOnlyIndexError("the index is memory-mapped read-only (started with mmap); writes are disabled")
         ids = self.store.add(items)
+        self.filters.invalidate()
         with self._lock:
             for modality in MODALITIES:
                 rows = [n for n, item in enumerate(items) if item.modality == modality]
@@ -126,6 +156,7 @@ class IndexDir:
         if self.read_only:
             raise ReadOnlyIndexError("the index is memory-mapped read-only (started with mmap); writes are disabled")
         item = self.store.delete(item_id)
+        self.filters.invalidate()
         if item is not None:
             with self._lock:
                 self.collections[item.modality].remove(np.asarray([item_id], np.int64))

@@ -6,12 +6,13 @@ picks the index; the answer is a list of `{"id", "similarity", "caption", "url"}
 the image (for a caption: the image it describes). `deduplicate` drops results whose embedding is
 near-identical (cosine > 0.94, clip-retrieval's threshold) to a better-ranked one. Safety, violence and
 aesthetic options are accepted and ignored (this server has no such models); `image_url` is refused,
-since the server does not fetch URLs.
+since the server does not fetch URLs. Exactly one of `text`, `image`, `embedding_input` is a query (the others
+null or absent), as the schema says.
 """
 
 from __future__ import annotations
 
-import json
+import re
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -20,10 +21,12 @@ from pydantic import ValidationError
 
 from retrieval.index import Hit
 from service.auth import require_read_key
-from service.deps import check_k, check_texts, get_engine
+from service.deps import check_k, error_responses, get_engine
 from service.engine import Engine
+from service.forms import read_json
 from service.images import decode_base64
-from service.schemas import KnnRequest, KnnResult, Problem
+from service.schemas import KnnRequest, KnnResult
+from service.search_schemas import NON_BLANK
 
 router = APIRouter(tags=["clip-retrieval compatibility"], dependencies=[Depends(require_read_key)])
 DEDUP_THRESHOLD = 0.94
@@ -37,31 +40,29 @@ async def indices_list(request: Request) -> list[str]:
 
 
 @router.post("/knn-service", response_model=list[KnnResult], openapi_extra=_BODY,
-             responses={code: {"model": Problem} for code in (400, 401, 404, 413, 415, 422, 503)})
+             responses=error_responses(400, 401, 404, 413, 415, 422, 503))
 async def knn_service(request: Request, engine: Engine = Depends(get_engine)) -> list[KnnResult]:
     """clip-retrieval's nearest-neighbour query (text, base64 image, or embedding)."""
     try:
-        body = KnnRequest.model_validate(json.loads(await request.body()))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise HTTPException(400, "body is not valid JSON") from None
+        body = KnnRequest.model_validate(await read_json(request))
     except ValidationError as err:
         raise RequestValidationError(err.errors()) from None
     name = engine.settings.name
     if body.indice_name is not None and body.indice_name != name:
         raise HTTPException(404, f"unknown index {body.indice_name!r}; this server has {name!r}")
     check_k(body.num_images, engine.settings)
-    if body.text:
-        check_texts([body.text], engine.settings, "text")
+    given = [name for name in ("text", "image", "embedding_input") if getattr(body, name) is not None]
+    if len(given) != 1:
+        raise HTTPException(422, f"give exactly one of text, image, embedding_input (got {', '.join(given) or 'none'})")
+    if body.text is not None:
+        if not re.search(NON_BLANK, body.text):
+            raise HTTPException(422, "text is empty")
         vector = (await engine.embed_texts([body.text]))[0][0]
-    elif body.image:
+    elif body.image is not None:
         upload = await engine.decode(decode_base64(body.image, "image"), "image")
         vector = (await engine.embed_images([upload]))[0]
-    elif body.image_url:
-        raise HTTPException(422, "image_url is not supported (the server does not fetch URLs); send the image base64")
-    elif body.embedding_input is not None:
-        vector = engine.query_vector(body.embedding_input)
     else:
-        raise HTTPException(422, "give one of text, image, embedding_input")
+        vector = engine.query_vector(body.embedding_input)
     hits = await engine.search(vector, body.modality, body.num_images)
     if body.deduplicate and len(hits) > 1:
         hits = _deduplicate(engine, hits)

@@ -78,9 +78,10 @@ def test_bad_base64(strict):
 
 
 def test_empty_text(strict):
-    _expect(strict.post("/v1/search", json={"text": "   "}), 422, "empty")
-    _expect(strict.post("/v1/embed/text", json={"texts": ["fine", ""]}), 422, "texts[1] is empty")
+    _expect(strict.post("/v1/search", json={"text": "   "}), 422, "text: is empty")
+    _expect(strict.post("/v1/embed/text", json={"texts": ["fine", ""]}), 422, "texts[1]: is empty")
     _expect(strict.post("/v1/items", json={"texts": [""]}, headers=AUTH), 422, "empty")
+    _expect(strict.post("/knn-service", content=b'{"text": "  "}'), 422, "empty")
 
 
 def test_long_text_is_truncated_and_reported(strict):
@@ -92,11 +93,12 @@ def test_long_text_is_truncated_and_reported(strict):
 
 
 def test_empty_or_oversized_batch(strict):
-    _expect(strict.post("/v1/embed/text", json={"texts": []}), 422, "no texts")
-    _expect(strict.post("/v1/embed/text", json={"texts": ["a"] * 5}), 413, "limit is 4")
+    _expect(strict.post("/v1/embed/text", json={"texts": []}), 422, "at least 1")
+    _expect(strict.post("/v1/embed/text", json={"texts": ["a"] * 5}), 422, "limit is 4")
     files = [("files", (f"{n}.png", png_bytes(), "image/png")) for n in range(5)]
-    _expect(strict.post("/v1/embed/image", files=files), 413, "limit is 4")
-    assert strict.post("/v1/embed/image", files={}).status_code == 422
+    _expect(strict.post("/v1/embed/image", files=files), 400, "maximum number of files is 4")
+    _expect(strict.post("/v1/embed/image", files={"other": ("a.png", png_bytes(), "image/png")}), 422, "unknown")
+    _expect(strict.post("/v1/embed/image", data={"x": "1"}, files={}), 415, "multipart")
 
 
 def test_k_out_of_range(strict):
@@ -168,7 +170,8 @@ def test_clip_compat_bad_requests(strict):
     _expect(strict.post("/knn-service", content=b"not json"), 400, "not valid json")
     _expect(strict.post("/knn-service", content=b'{"text": "x", "indice_name": "laion5B"}'), 404, "unknown index")
     _expect(strict.post("/knn-service", content=b'{"image_url": "http://example.com/a.jpg"}'), 422, "image_url")
-    _expect(strict.post("/knn-service", content=b'{"modality": "image"}'), 422, "give one of")
+    _expect(strict.post("/knn-service", content=b'{"modality": "image"}'), 422, "give exactly one of")
+    _expect(strict.post("/knn-service", content=b'{"text": "a", "embedding_input": [1]}'), 422, "exactly one")
 
 
 def test_queue_full_is_503_with_retry_after(strict):

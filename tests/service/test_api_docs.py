@@ -29,5 +29,6 @@ def test_every_json_curl_example_is_accepted_by_the_service(client):
         path = "/" + url.split("/", 3)[3]
         headers = AUTH if any("Authorization" in w for w in words) else {}
         body = json.loads(words[words.index("-d") + 1])
-        response = client.post(path, json=body, headers=headers)
+        method = words[words.index("-X") + 1] if "-X" in words else "POST"
+        response = client.request(method, path, json=body, headers=headers)
         assert response.status_code == 200, f"{line}\n→ {response.status_code} {response.text}"

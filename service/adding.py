@@ -1,0 +1,94 @@
+"""Adding items (POST /v1/items): all or nothing per request, every bad item reported.
+
+A request is checked whole before anything is stored: texts by their model (each blank text is one error),
+images by decoding every file (each unreadable file is one error). Any error → the request is refused with
+the list (`InvalidItems`), and nothing of it is added; otherwise the items are embedded and committed in one
+store transaction, so a crash adds all of them or none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from retrieval.store import NewItem
+from service.deps import check_count
+from service.engine import Engine, Upload
+from service.forms import Form
+from service.images import ImageRejected
+from service.schemas import AddItemsResponse, AddTextsRequest, ItemError
+
+
+class InvalidItems(Exception):
+    """Items of one request that cannot be added; answered with `status` and one error per bad item."""
+
+    def __init__(self, status: int, errors: list[ItemError]) -> None:
+        super().__init__(f"{len(errors)} invalid item(s)")
+        self.status = status
+        self.errors = errors
+
+    @property
+    def detail(self) -> str:
+        listed = "; ".join(f"{e.field}: {e.detail}" for e in self.errors[:5])
+        more = f" (and {len(self.errors) - 5} more)" if len(self.errors) > 5 else ""
+        return f"{len(self.errors)} invalid item(s), nothing was added: {listed}{more}"
+
+
+async def add_texts(engine: Engine, payload: Any) -> AddItemsResponse:
+    """Texts from a JSON body `{"texts": [...], "metadata": [...]}`."""
+    try:
+        body = AddTextsRequest.model_validate(payload)
+    except ValidationError as err:
+        raise RequestValidationError(err.errors()) from None
+    check_count(len(body.texts), engine.settings.max_items_per_request, "items")
+    metadata = body.metadata or [{} for _ in body.texts]
+    if len(metadata) != len(body.texts):
+        raise HTTPException(422, f"metadata has {len(metadata)} entries for {len(body.texts)} texts (give one per text)")
+    vectors, truncated = await engine.embed_texts(body.texts)
+    items = [NewItem("text", v, text, None, meta) for v, text, meta in zip(vectors, body.texts, metadata, strict=True)]
+    return AddItemsResponse(ids=await engine.add(items), truncated=truncated)
+
+
+async def add_images(engine: Engine, form: Form) -> AddItemsResponse:
+    """Images from a multipart body: `files`, optional `captions` (one per file), optional `metadata`."""
+    n = len(form.files)
+    check_count(n, engine.settings.max_items_per_request, "items")
+    captions = form.fields.get("captions", [])
+    if captions and len(captions) != n:
+        raise HTTPException(422, f"{len(captions)} captions for {n} files (give one per file, or none)")
+    metadata = _metadata(form.json("metadata"), n) if "metadata" in form.fields else [{} for _ in range(n)]
+    uploads: list[Upload] = []
+    errors: list[ItemError] = []
+    statuses = set()
+    for k, (name, data) in enumerate(form.files):
+        try:
+            uploads.append(await engine.decode(data, name or "file"))
+        except ImageRejected as err:
+            errors.append(ItemError(field=f"files[{k}]", detail=err.message))
+            statuses.add(err.status)
+    if errors:
+        raise InvalidItems(statuses.pop() if len(statuses) == 1 else 422, errors)
+    vectors = await engine.embed_images(uploads)
+    items = []
+    for k, (upload, vector) in enumerate(zip(uploads, vectors, strict=True)):
+        uri = await engine.store_image(upload)
+        name = form.files[k][0]
+        meta = {"filename": name, **metadata[k]} if name else metadata[k]
+        items.append(NewItem("image", vector, captions[k] if captions else None, uri, meta))
+    return AddItemsResponse(ids=await engine.add(items))
+
+
+def _metadata(value: Any, n: int) -> list[dict[str, Any]]:
+    """The `metadata` part: one JSON object for every file, or a JSON array of one object per file."""
+    if isinstance(value, dict):
+        return [dict(value) for _ in range(n)]
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        if not value:  # an empty list: no metadata, as for JSON texts
+            return [{} for _ in range(n)]
+        if len(value) != n:
+            raise HTTPException(422, f"metadata has {len(value)} objects for {n} files (give one per file, or one object)")
+        return value
+    raise HTTPException(422, "metadata: give a JSON object (for every file) or an array of one object per file")
