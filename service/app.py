@@ -7,7 +7,7 @@ lifespan has loaded it. `/readyz` answers 503 until then and again while shuttin
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -88,10 +88,17 @@ def _message(error: dict) -> str:
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
+def _leaf_routes(routes: list) -> Iterator:
+    """Routes, with those of included routers listed in their place."""
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        yield from _leaf_routes(inner) if inner is not None else (route,)
+
+
 def _allowed_methods(app: FastAPI, request: Request) -> str:
     """Every method some route serves at this path (Starlette's own 405 names only the first route's)."""
     methods = set()
-    for route in app.router.routes:
+    for route in _leaf_routes(app.router.routes):
         match, _ = route.matches(request.scope)
         if match != Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())

@@ -90,3 +90,84 @@ def test_items_persist_across_restarts(index_dir, checkpoint):
         top = client.post("/v1/search", json={"text": "persistent penguin", "target": "text", "k": 1}).json()
         assert top["results"][0]["id"] == ids[0]
         assert client.get(f"/v1/items/{removed[0]}").status_code == 404
+
+
+def test_listing_pages_through_items_in_id_order(client):
+    everything = client.get("/v1/items", params={"modality": "image", "limit": 1000}).json()
+    ids = [item["id"] for item in everything["items"]]
+    assert everything["total"] == len(ids) >= 30 and ids == sorted(ids)
+    page = client.get("/v1/items", params={"modality": "image", "offset": 5, "limit": 5}).json()
+    assert [item["id"] for item in page["items"]] == ids[5:10] and page["total"] == everything["total"]
+    assert page["items"][0]["image_url"].endswith(f"/v1/items/{ids[5]}/image")
+    both = client.get("/v1/items", params={"limit": 1}).json()
+    assert both["total"] == everything["total"] + client.get("/v1/items", params={"modality": "text"}).json()["total"]
+    for bad in ({"limit": 0}, {"limit": 1001}, {"offset": -1}, {"modality": "video"}, {"filter": "{oops"}):
+        assert client.get("/v1/items", params=bad).status_code == 422, bad
+
+
+def test_listing_filters_by_metadata(client):
+    ids = client.post("/v1/items", json={"texts": ["listed one", "listed two", "listed three"],
+                                          "metadata": [{"shelf": 1}, {"shelf": 2}, {"shelf": 3, "tags": ["x"]}]},
+                      headers=AUTH).json()["ids"]
+    found = client.get("/v1/items", params={"filter": json.dumps({"shelf": {"gte": 2}})}).json()
+    assert [item["id"] for item in found["items"]] == ids[1:] and found["total"] == 2
+    second = client.get("/v1/items", params={"filter": json.dumps({"shelf": {"gte": 1}}), "offset": 1, "limit": 1})
+    assert [item["id"] for item in second.json()["items"]] == [ids[1]]
+    tagged = client.get("/v1/items", params={"modality": "text", "filter": json.dumps({"tags": "x"})}).json()
+    assert [item["id"] for item in tagged["items"]] == [ids[2]]
+    assert client.get("/v1/items", params={"modality": "image", "filter": json.dumps({"tags": "x"})}).json()["total"] == 0
+
+
+def test_patch_merges_metadata_and_null_removes_a_key(client):
+    item_id = client.post("/v1/items", json={"texts": ["patch me"], "metadata": [{"a": 1, "b": 2}]},
+                          headers=AUTH).json()["ids"][0]
+    patched = client.patch(f"/v1/items/{item_id}", json={"metadata": {"b": None, "c": {"d": [1, 2]}}}, headers=AUTH)
+    assert patched.status_code == 200 and patched.json()["metadata"] == {"a": 1, "c": {"d": [1, 2]}}
+    assert client.get(f"/v1/items/{item_id}").json()["metadata"] == {"a": 1, "c": {"d": [1, 2]}}
+    assert client.patch(f"/v1/items/{item_id}", json={"metadata": {"a": 5}}).status_code == 401
+    assert client.patch("/v1/items/987654", json={"metadata": {}}, headers=AUTH).status_code == 404
+    assert client.patch(f"/v1/items/{item_id}", json={"metadata": [1]}, headers=AUTH).status_code == 422
+    assert client.patch(f"/v1/items/{item_id}", json={}, headers=AUTH).status_code == 422
+
+
+def test_a_bulk_add_with_bad_items_lists_each_and_adds_none(client):
+    before = client.get("/v1/items").json()["total"]
+    texts = client.post("/v1/items", json={"texts": ["fine", " ", "also fine", ""]}, headers=AUTH)
+    assert texts.status_code == 422
+    assert [e["field"] for e in texts.json()["errors"]] == ["texts[1]", "texts[3]"]
+    files = [("files", ("a.png", png_bytes(), "image/png")), ("files", ("b.txt", b"not an image", "text/plain")),
+             ("files", ("c.png", png_bytes(size=(64, 64))[:60], "image/png"))]
+    images = client.post("/v1/items", files=files, headers=AUTH)
+    assert images.status_code == 422, images.text
+    errors = images.json()["errors"]
+    assert [e["field"] for e in errors] == ["files[1]", "files[2]"] and "not an image" in errors[0]["detail"]
+    assert "nothing was added" in images.json()["detail"]
+    assert client.get("/v1/items").json()["total"] == before
+
+
+def test_items_per_request_are_limited(index_dir, checkpoint):
+    with TestClient(create_app(make_settings(index_dir, checkpoint, max_items_per_request=3))) as client:
+        refused = client.post("/v1/items", json={"texts": ["a", "b", "c", "d"]}, headers=AUTH)
+        assert refused.status_code == 422 and "limit is 3" in refused.json()["detail"]
+        assert client.post("/v1/items", json={"texts": ["a", "b", "c"]}, headers=AUTH).status_code == 200
+        body = client.get("/openapi.json").json()["paths"]["/v1/items"]["post"]["requestBody"]["content"]
+        assert body["application/json"]["schema"]["properties"]["texts"]["maxItems"] == 3
+        assert body["multipart/form-data"]["schema"]["properties"]["files"]["maxItems"] == 3
+
+
+def test_ids_out_of_range_and_bodies_that_are_not_json(client):
+    for path in ("/v1/items/18446744073709551616", "/v1/items/18446744073709551616/image", "/v1/items/0"):
+        assert client.get(path).status_code == 422, path
+    assert client.delete("/v1/items/99999999999999999999", headers=AUTH).status_code == 422
+    not_utf8 = client.post("/v1/items", content=b'{"texts": ["\xff\xfe"]}',
+                           headers={**AUTH, "content-type": "application/json"})
+    assert not_utf8.status_code == 400 and "utf-8" in not_utf8.json()["detail"].lower()
+    deep = client.post("/v1/items", content=b"[" * 100_000, headers={**AUTH, "content-type": "application/json"})
+    assert deep.status_code == 400
+
+
+def test_method_not_allowed_names_every_allowed_method(client):
+    response = client.options("/v1/items/1")
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) == {"GET", "PATCH", "DELETE"}
+    assert client.put("/v1/search", json={}).headers["allow"] == "POST"
