@@ -1,4 +1,5 @@
-// The search page: text or image query → POST /v1/search or /v1/search/image → results.
+// The search page: text, image or "more like this" query, with filter and min score → POST /v1/search or
+// /v1/search/image → results.
 // Plain browser JavaScript, no build step, no external resources.
 "use strict";
 
@@ -10,7 +11,10 @@ const dropZone = $("drop-zone");
 const preview = $("query-preview");
 const kInput = $("k");
 const keyInput = $("api-key");
+const filterInput = $("filter");
+const minScoreInput = $("min-score");
 let queryImage = null; // the File/Blob of the image query, when one is chosen
+let queryItem = null; // the id of the item a "more like this" query started from
 
 // Blob URLs of thumbnails fetched with an API key; revoked when the next results replace them.
 let objectUrls = [];
@@ -76,6 +80,7 @@ function chooseImage(file) {
     return;
   }
   queryImage = file;
+  queryItem = null;
   textInput.value = ""; // the latest query wins
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
@@ -99,27 +104,56 @@ function selectedTarget() {
   return form.querySelector('input[name="target"]:checked').value;
 }
 
-async function search() {
-  showError("");
-  const target = selectedTarget();
+// The options every search route takes: k, and the filter and min score when given (null when invalid).
+function searchOptions(target) {
   const k = Number.parseInt(kInput.value, 10);
   if (!Number.isInteger(k) || k < 1) {
     showError("k must be a whole number of at least 1");
-    return;
+    return null;
   }
+  const options = { target, k };
+  const filter = filterInput.value.trim();
+  if (filter) {
+    try {
+      options.filter = JSON.parse(filter);
+    } catch (_) {
+      showError('the filter is not valid JSON, e.g. {"split": "test"}');
+      return null;
+    }
+  }
+  if (minScoreInput.value.trim() !== "") options.min_score = Number(minScoreInput.value);
+  return options;
+}
+
+function moreLike(id) {
+  queryItem = id;
+  if (queryImage) clearImage();
+  textInput.value = "";
+  search();
+}
+
+async function search() {
+  showError("");
+  const target = selectedTarget();
+  const options = searchOptions(target);
+  if (!options) return;
   const text = textInput.value.trim();
   let request;
+  let what = "";
   if (queryImage) {
     const body = new FormData();
     body.append("file", queryImage, queryImage.name || "query.png");
-    body.append("target", target);
-    body.append("k", String(k));
+    for (const [name, value] of Object.entries(options)) {
+      body.append(name, typeof value === "object" ? JSON.stringify(value) : String(value));
+    }
     request = api("/v1/search/image", { method: "POST", body });
-  } else if (text) {
+  } else if (text || queryItem !== null) {
+    const query = text ? { text } : { item_id: queryItem };
+    what = text ? "" : ` like item #${queryItem}`;
     request = api("/v1/search", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ text, target, k }),
+      body: JSON.stringify({ ...query, ...options }),
     });
   } else {
     showError("type a text or drop an image first");
@@ -131,13 +165,22 @@ async function search() {
     const response = await request;
     render(response, target);
     const note = response.truncated ? " (query text was cut to the model's context length)" : "";
-    setStatus(`${response.results.length} ${target}s in ${response.took_ms.toFixed(1)} ms${note}`);
+    setStatus(`${response.results.length} ${target}s${what} in ${response.took_ms.toFixed(1)} ms${note}`);
   } catch (err) {
     setStatus("");
     showError(err.message);
   } finally {
     $("search-button").disabled = false;
   }
+}
+
+function moreButton(hit) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "link more-like";
+  button.textContent = "more like this";
+  button.addEventListener("click", () => moreLike(hit.id));
+  return button;
 }
 
 function scoreBadge(score) {
@@ -178,7 +221,7 @@ function imageResult(hit) {
   const text = document.createElement("span");
   text.className = "caption";
   text.textContent = hit.caption || hit.metadata.filename || `#${hit.id}`;
-  caption.append(text);
+  caption.append(text, moreButton(hit));
   card.append(img, caption);
   return card;
 }
@@ -190,7 +233,7 @@ function textResult(hit) {
   const text = document.createElement("span");
   text.className = "caption";
   text.textContent = hit.caption ?? `#${hit.id}`;
-  row.append(scoreBadge(hit.score), text);
+  row.append(scoreBadge(hit.score), text, moreButton(hit));
   return row;
 }
 
@@ -200,7 +243,7 @@ function render(response, target) {
   const box = $("results");
   box.replaceChildren();
   if (response.results.length === 0) {
-    box.textContent = "no results (is the index empty?)";
+    box.textContent = "no results (is the index empty, or are the filter and min score too strict?)";
     return;
   }
   const list = document.createElement(target === "image" ? "div" : "ol");
@@ -216,10 +259,11 @@ form.addEventListener("submit", (event) => {
 });
 textInput.addEventListener("input", () => {
   if (queryImage && textInput.value) clearImage(); // typing switches back to a text query
+  if (textInput.value) queryItem = null;
 });
 form.querySelectorAll('input[name="target"]').forEach((radio) => {
   radio.addEventListener("change", () => {
-    if (queryImage || textInput.value.trim()) search();
+    if (queryImage || queryItem !== null || textInput.value.trim()) search();
   });
 });
 dropZone.addEventListener("click", (event) => {

@@ -1,5 +1,5 @@
-"""The search page (`GET /`) driven in headless Chromium against a live server: text and image queries
-show real results, and server errors are displayed.
+"""The search page (`GET /`) driven in headless Chromium against a live server: text and image queries, the
+metadata filter, min score and "more like this" show real results, and server errors are displayed.
 
 Needs Debian's `chromium` + `chromium-driver` (scripts/install_browser.sh installs them; it is run here if
 they are missing) and the `selenium` package (a dev dependency).
@@ -137,3 +137,32 @@ def test_server_errors_are_shown(browser, server, tmp_path):
     assert error.text.startswith("422") and "k" in error.text
     assert not browser.find_elements("css selector", "#results .result")
     browser.save_screenshot(str(tmp_path / "error.png"))
+
+
+def test_filter_min_score_and_more_like_this(browser, server, tmp_path):
+    browser.get(server.url + "/")
+    _wait(browser, lambda d: "model" in d.find_element("id", "info").text, "the info line")
+    k_box = browser.find_element("id", "k")
+    k_box.clear()
+    k_box.send_keys(str(K))
+    browser.find_element("id", "filter").send_keys('{"split": "test"}')
+    browser.find_element("id", "min-score").send_keys("-1")
+    browser.find_element("id", "query-text").send_keys("a small blue circle\n")
+    query = {"text": "a small blue circle", "target": "image", "filter": {"split": "test"}, "min_score": -1}
+    expected = _api_search(server, **query)
+    _wait(browser, lambda d: _result_ids(d) == expected, "the filtered results")
+    assert expected and all(httpx.get(f"{server.url}/v1/items/{i}").json()["metadata"]["split"] == "test"
+                            for i in expected)
+    browser.save_screenshot(str(tmp_path / "filtered.png"))
+
+    first = browser.find_element("css selector", "#results .result")
+    item_id = int(first.get_attribute("data-id"))
+    first.find_element("css selector", ".more-like").click()
+    similar = _api_search(server, item_id=item_id, target="image", filter={"split": "test"}, min_score=-1)
+    _wait(browser, lambda d: _result_ids(d) == similar, "the more-like-this results")
+    assert item_id not in similar and f"like item #{item_id}" in browser.find_element("id", "status").text
+    browser.save_screenshot(str(tmp_path / "more-like-this.png"))
+
+    browser.find_element("id", "filter").send_keys("{not json")
+    browser.find_element("id", "search-button").click()
+    _wait(browser, lambda d: "not valid JSON" in d.find_element("id", "error").text, "the filter error")
