@@ -10,6 +10,7 @@ item rows never wait behind a write's fsync (WAL lets readers see the last commi
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import threading
@@ -128,7 +129,7 @@ class ItemStore:
                     ids.append(int(cur.lastrowid))
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                _rollback(cur)
                 raise
         return ids
 
@@ -168,7 +169,7 @@ class ItemStore:
                     ).fetchone()
                 cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                _rollback(cur)
                 raise
         return _item(row) if row else None
 
@@ -267,6 +268,20 @@ class ItemStore:
         """SQLite's own consistency check (used after crashes in tests and by operators)."""
         with self._read_lock:
             return self._reader.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _rollback(cur: sqlite3.Cursor) -> None:
+    """Undo the open transaction; SQLite may have rolled it back already (a full disk does), and a second
+    ROLLBACK would then raise and hide the error that matters."""
+    if cur.connection.in_transaction:
+        cur.execute("ROLLBACK")
+
+
+def storage_full(error: BaseException) -> bool:
+    """Is this the disk (or quota) being full, from SQLite or from a file write?"""
+    if isinstance(error, sqlite3.OperationalError):
+        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(error)
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _item(row: tuple) -> Item:

@@ -7,6 +7,7 @@ lifespan has loaded it. `/readyz` answers 503 until then and again while shuttin
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -19,12 +20,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from retrieval.index import ReadOnlyIndexError
+from retrieval.store import storage_full
 from service import openapi
 from service.adding import InvalidItems
 from service.batching import QueueFull
 from service.engine import Engine, load_engine
 from service.images import ImageRejected
-from service.limits import BodySizeLimit
+from service.limits import AdmissionLimit, BodySizeLimit
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import clip_compat, embed, health, info, items, search, web
 from service.schemas import ItemError, Problem
@@ -65,6 +67,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     openapi.install(app)
     _add_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AdmissionLimit, max_inflight=settings.max_inflight)  # before reading any body
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees 413s too
     return app
 
@@ -139,6 +142,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ReadOnlyIndexError)
     async def read_only(request: Request, exc: ReadOnlyIndexError) -> JSONResponse:
         return problem(409, str(exc))
+
+    @app.exception_handler(sqlite3.Error)
+    @app.exception_handler(OSError)
+    async def storage(request: Request, exc: Exception) -> JSONResponse:
+        if storage_full(exc):  # nothing was committed: the write is refused whole, reads go on
+            log.warning("refused %s %s: %s", request.method, request.url.path, exc)
+            return problem(507, "the server's disk is full: nothing of this request was stored; retry once space "
+                                "is freed", headers={"Retry-After": "60"})
+        return await unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

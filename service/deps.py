@@ -48,6 +48,7 @@ _MEANING = {
     415: "Unsupported content type or image format",
     422: "Invalid fields: see `detail` and `errors`",
     503: "Loading, shutting down, or the encode queue is full: retry after `Retry-After` seconds",
+    507: "The server's disk is full: nothing was stored; retry after `Retry-After` seconds",
 }
 
 

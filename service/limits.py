@@ -1,6 +1,6 @@
-"""Request body size limit, enforced before any handler parses the body (413 Payload Too Large).
+"""Request limits enforced before any handler runs: body size (413) and requests in progress (503).
 
-A declared Content-Length over the limit is refused without reading; otherwise the body is read here,
+Body size (413 Payload Too Large): a declared Content-Length over the limit is refused without reading; otherwise the body is read here,
 counting bytes as they stream in (chunked uploads have no Content-Length), and refused as soon as the
 count passes the limit. An accepted body is replayed to the app unchanged.
 """
@@ -61,3 +61,33 @@ class BodySizeLimit:
                         (b"connection", b"close")],
         })
         await send({"type": "http.response.body", "body": payload})
+
+
+class AdmissionLimit:
+    """ASGI middleware: at most `max_inflight` requests are handled at once; the next get 503 + Retry-After
+    at once, before their body is read, so overload sheds work instead of queueing it without bound (memory
+    and the latency of admitted requests stay bounded). Probes (`exempt` paths) are always admitted."""
+
+    def __init__(self, app: ASGIApp, max_inflight: int, exempt: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")):
+        self.app = app
+        self.max_inflight = max_inflight
+        self.exempt = exempt
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            detail = f"overloaded: {self.inflight} requests in progress (the limit is {self.max_inflight}); retry shortly"
+            payload = json.dumps({"detail": detail}).encode()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                    (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1

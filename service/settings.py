@@ -36,6 +36,7 @@ class Settings:
     batch_max_size: int = 64  # encode work gathered into one forward pass
     batch_max_wait_ms: float = 2.0  # how long a batch waits for more work while other requests are in flight
     queue_size: int = 1024  # pending encode items before requests get 503 + Retry-After
+    max_inflight: int = 256  # requests handled at once; more get 503 + Retry-After (probes are always served)
     snapshot_interval_s: float = 30.0  # how often pending index changes are written to the FAISS files
 
     def __post_init__(self) -> None:
@@ -45,7 +46,7 @@ class Settings:
         if self.runtime not in ("torch", "onnx"):
             raise UserError(f"runtime must be torch or onnx, not {self.runtime!r}")
         for name in ("max_body_bytes", "max_image_pixels", "max_texts", "max_items_per_request", "max_k", "batch_max_size",
-                     "queue_size"):
+                     "queue_size", "max_inflight"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"setting {name} must be at least 1, got {getattr(self, name)!r}")
         if self.batch_max_wait_ms < 0 or self.snapshot_interval_s <= 0 or self.max_offset < 0:

@@ -234,6 +234,11 @@ class IndexDir:
         }
 
     def close(self) -> None:
-        """Snapshot pending changes and close the store."""
-        self.snapshot()
-        self.store.close()
+        """Snapshot pending changes and close the store. A snapshot that cannot be written (a full disk) is only
+        logged: the store holds every item, and the next start reconciles the FAISS files with it."""
+        try:
+            self.snapshot()
+        except OSError as err:
+            log.warning("final index snapshot not written (%s); the next start rebuilds it from the store", err)
+        finally:
+            self.store.close()

@@ -24,10 +24,14 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview | np.ndarray) 
     """Replace `path` with `data` so that readers (and a crash) see the old file or the new one, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(memoryview(data).cast("B") if isinstance(data, np.ndarray) else data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(memoryview(data).cast("B") if isinstance(data, np.ndarray) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not stay full of our half-written temp file
+        raise
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

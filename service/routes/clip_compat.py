@@ -33,7 +33,7 @@ DEDUP_THRESHOLD = 0.94
 _BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": KnnRequest.model_json_schema()}}}}
 
 
-@router.get("/indices-list", response_model=list[str])
+@router.get("/indices-list", response_model=list[str], responses=error_responses(401, 503))
 async def indices_list(request: Request) -> list[str]:
     """The index names a client may pass as `indice_name` (one: this server's)."""
     return [request.app.state.settings.name]

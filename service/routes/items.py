@@ -61,7 +61,7 @@ async def _found(engine: Engine, item_id: int):
 
 
 @router.post("", response_model=AddItemsResponse, openapi_extra=_ADD_BODY, dependencies=[Depends(require_api_key)],
-             responses=error_responses(400, 401, 403, 409, 413, 415, 422, 503))
+             responses=error_responses(400, 401, 403, 409, 413, 415, 422, 503, 507))
 async def add_items(request: Request, engine: Engine = Depends(get_engine)) -> AddItemsResponse:
     """Add up to max_items_per_request texts (JSON `{"texts": [...], "metadata": [...]}`) or images (multipart
     `files`, `captions`, `metadata`). All or nothing: any invalid item refuses the request, listing each error."""
@@ -102,7 +102,7 @@ async def get_item(request: Request, item_id: ItemId, engine: Engine = Depends(g
 
 
 @router.patch("/{item_id}", response_model=Item, dependencies=[Depends(require_api_key)],
-              responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503))
+              responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503, 507))
 async def update_item(
     body: MetadataPatch, request: Request, item_id: ItemId, engine: Engine = Depends(get_engine)
 ) -> Item:
@@ -128,7 +128,7 @@ async def item_image(item_id: ItemId, engine: Engine = Depends(get_engine)) -> F
 
 
 @router.delete("/{item_id}", response_model=Deleted, dependencies=[Depends(require_api_key)],
-               responses=error_responses(401, 403, 404, 409, 422, 503))
+               responses=error_responses(401, 403, 404, 409, 422, 503, 507))
 async def delete_item(item_id: ItemId, engine: Engine = Depends(get_engine)) -> Deleted:
     """Remove an item from the store and its index."""
     if await engine.delete(item_id) is None:

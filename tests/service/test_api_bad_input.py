@@ -96,7 +96,7 @@ def test_empty_or_oversized_batch(strict):
     _expect(strict.post("/v1/embed/text", json={"texts": []}), 422, "at least 1")
     _expect(strict.post("/v1/embed/text", json={"texts": ["a"] * 5}), 422, "limit is 4")
     files = [("files", (f"{n}.png", png_bytes(), "image/png")) for n in range(5)]
-    _expect(strict.post("/v1/embed/image", files=files), 400, "maximum number of files is 4")
+    _expect(strict.post("/v1/embed/image", files=files), 422, "the limit is 4")
     _expect(strict.post("/v1/embed/image", files={"other": ("a.png", png_bytes(), "image/png")}), 422, "unknown")
     _expect(strict.post("/v1/embed/image", data={"x": "1"}, files={}), 415, "multipart")
 

@@ -1,9 +1,14 @@
-"""Probes, metrics, readiness before the lifespan runs, the web page route."""
+"""Probes, metrics, readiness before the lifespan runs, the web page route, shedding over the in-flight limit."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+import time
+
+import httpx
 from fastapi.testclient import TestClient
-from service_testing import make_settings
+from service_testing import LiveServer, make_settings
 
 from service.app import create_app
 
@@ -47,3 +52,29 @@ def test_web_page_route_serves_the_page_or_says_it_is_missing(client):
         assert response.status_code == 200 and "text/html" in response.headers["content-type"]
     else:
         assert response.status_code == 404 and "not installed" in response.json()["detail"]
+
+
+def test_requests_over_the_inflight_limit_are_shed_with_retry_after(module_index, checkpoint):
+    """One request holds the only slot while its body streams in; the next is refused at once, probes still
+    answer, and the slot is free again afterwards."""
+    with LiveServer(create_app(make_settings(module_index, checkpoint, max_inflight=1))) as live:
+        started = threading.Event()
+
+        def slow_body():
+            yield b'{"texts": ["held'
+            started.set()
+            time.sleep(1.5)
+            yield b' open"]}'
+
+        def hold():
+            return httpx.post(f"{live.url}/v1/embed/text", content=slow_body(),
+                              headers={"content-type": "application/json"}, timeout=30)
+
+        holder = concurrent.futures.ThreadPoolExecutor(1).submit(hold)
+        started.wait(10)
+        time.sleep(0.2)
+        shed = httpx.post(f"{live.url}/v1/search", json={"text": "x"}, timeout=10)
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "1" and "overloaded" in shed.json()["detail"]
+        assert httpx.get(f"{live.url}/healthz", timeout=10).status_code == 200
+        assert holder.result(30).status_code == 200
+        assert httpx.post(f"{live.url}/v1/search", json={"text": "x"}, timeout=10).status_code == 200
