@@ -32,3 +32,22 @@ def test_every_json_curl_example_is_accepted_by_the_service(client):
         method = words[words.index("-X") + 1] if "-X" in words else "POST"
         response = client.request(method, path, json=body, headers=headers)
         assert response.status_code == 200, f"{line}\n→ {response.status_code} {response.text}"
+
+
+def test_the_served_schema_states_this_servers_rules(client):
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    search = components["SearchRequest"]
+    assert [branch["required"] for branch in search["oneOf"]] == [
+        ["text"], ["image_b64"], ["embedding"], ["item_id"], ["text", "image_b64"]]
+    embedding = search["properties"]["embedding"]
+    assert embedding["minItems"] == embedding["maxItems"] == 32  # the loaded model's dimension
+    assert search["properties"]["k"]["maximum"] == 1000 and search["properties"]["k"]["minimum"] == 1
+    assert search["properties"]["image_b64"]["format"] == "byte"
+    assert not any(key.startswith("x-limit-") for key in json.dumps(schema).split('"'))
+    upload = schema["paths"]["/v1/search/image"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload["encoding"]["file"]["contentType"] == "image/*" and upload["schema"]["required"] == ["file"]
+    item = schema["paths"]["/v1/items/{item_id}"]
+    assert set(item) == {"get", "patch", "delete"}
+    assert item["get"]["parameters"][0]["schema"]["maximum"] == 2**63 - 1024
+    assert {"200", "401", "404", "422", "503"} <= set(item["get"]["responses"])
