@@ -36,7 +36,7 @@ class Settings:
     batch_max_size: int = 64  # encode work gathered into one forward pass
     batch_max_wait_ms: float = 2.0  # how long a batch waits for more work while other requests are in flight
     queue_size: int = 1024  # pending encode items before requests get 503 + Retry-After
-    max_inflight: int = 256  # requests handled at once; more get 503 + Retry-After (probes are always served)
+    max_inflight: int = 64  # requests handled at once; more get 503 + Retry-After (probes are always served)
     snapshot_interval_s: float = 30.0  # how often pending index changes are written to the FAISS files
 
     def __post_init__(self) -> None:
