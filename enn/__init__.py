@@ -30,7 +30,8 @@ Whole-module pickling of a converted model is not supported by torch (use state_
 from enn.convert import convert, merge
 from enn.layers import EnnConv2d, EnnLinear
 from enn.orthogonality import orthogonality_error, orthogonality_loss, retract, retract_after_step
-from enn.parametrization import ORTHO_MODES, EnnWeight, enn_weights, orthonormalize
+from enn.orthonormal import orthonormalize
+from enn.parametrization import ORTHO_MODES, EnnWeight, enn_weights
 from enn.params import ROLES, parameter_groups, parameter_role
 
 __all__ = [

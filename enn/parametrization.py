@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from enn.orthonormal import orthonormal_factor, orthonormalize, projected_identity
+
 ORTHO_MODES = ("penalty", "exact", "none")
 
 
@@ -16,54 +18,6 @@ def check_ortho(ortho: str) -> str:
     if ortho not in ORTHO_MODES:
         raise ValueError(f"unknown ortho mode {ortho!r}; valid modes are {', '.join(map(repr, ORTHO_MODES))}")
     return ortho
-
-
-class _OrthonormalFactor(torch.autograd.Function):
-    """Q factor of A = QR (positive diagonal R), refined to float precision, with a closed-form backward.
-
-    With B = QᵀḡQ and sym(B) = triu(B) + triu(B, 1)ᵀ, the adjoint is Ā = (ḡQ − Q·sym(B))·R⁻ᵀ: two matmuls and
-    one triangular solve, cheaper than torch's generic QR backward, which also handles a gradient on R.
-    Forward and backward run in float32 with autocast off (see `orthonormalize`).
-    """
-
-    @staticmethod
-    def forward(ctx, a: Tensor) -> Tensor:
-        with torch.autocast(a.device.type, enabled=False):
-            q, r = torch.linalg.qr(a)
-            sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
-            sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-            q, r = q * sign.unsqueeze(-2), r * sign.unsqueeze(-1)
-            # float32 Householder QR leaves ‖QᵀQ − I‖_F ≈ 1e-5 at r ≥ 256; one Newton–Schulz step
-            # Q ← Q + Q(I − QᵀQ)/2 squares that deviation, down to float32 rounding (~3e-6), for two matmuls.
-            # It is the identity on orthonormal matrices, so the backward below is unchanged to first order.
-            eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
-            q = q + 0.5 * (q @ (eye - q.mT @ q))
-        ctx.save_for_backward(q, r)
-        return q
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_q: Tensor) -> Tensor:
-        q, r = ctx.saved_tensors
-        with torch.autocast(q.device.type, enabled=False):
-            grad_q = grad_q.to(q.dtype)
-            b = q.mT @ grad_q
-            sym = b.triu() + b.triu(1).mT
-            return torch.linalg.solve_triangular(r.mT, grad_q - q @ sym, upper=False, left=False)
-
-
-def orthonormalize(a: Tensor) -> Tensor:
-    """Orthonormal factor of a tall matrix (or batch) by QR, signs fixed so an orthonormal input is returned as is.
-
-    Householder QR keeps the result orthonormal to float precision however ill-conditioned ``a`` gets, and the
-    map is smooth for full-rank ``a``, so gradients flow to the unconstrained pre-image. The whole map runs in
-    float32 (float64 stays float64) with autocast disabled: LAPACK/cuSOLVER QR has no half-precision kernels,
-    and a bf16 Newton–Schulz step would undo the refinement (‖QᵀQ − I‖_F 1e-5 → 6e-2 at 768×768). The result
-    is returned in float32 so the weight product is formed from the orthonormal basis, not a rounded one.
-    """
-    if a.dtype in (torch.float16, torch.bfloat16):
-        a = a.float()
-    return _OrthonormalFactor.apply(a)
 
 
 class EnnWeight(nn.Module):
@@ -110,6 +64,7 @@ class EnnWeight(nn.Module):
         self.register_parameter("Q" + suffix, nn.Parameter(torch.empty(*lead, m, r, **kw), grad))
         self.lam = nn.Parameter(torch.empty(*lead, r, **kw), grad)
         self.register_parameter("P" + suffix, nn.Parameter(torch.empty(*lead, n, r, **kw), grad))
+        self._clean: dict[str, tuple] = {}  # exact mode: state of each raw factor right after `retract`
 
     def _stored_bases(self) -> tuple[Tensor, Tensor]:
         if self.ortho == "exact":
@@ -117,10 +72,15 @@ class EnnWeight(nn.Module):
         return self.Q, self.P
 
     def bases(self) -> tuple[Tensor, Tensor]:
-        """The bases (Q, P) used in the product; orthonormalised on the fly in "exact" mode."""
+        """The bases (Q, P) used in the product; orthonormalised on the fly in "exact" mode.
+
+        Right after `retract` the raw factors are their own orthonormal factors (R = I), so until something
+        changes them the QR is skipped: the basis is the raw factor itself, with QR's backward at R = I.
+        """
         q, p = self._stored_bases()
         if self.ortho == "exact":
-            return orthonormalize(q), orthonormalize(p)
+            return tuple(projected_identity(raw) if self._clean.get(name) == _state(raw) else orthonormalize(raw)
+                         for name, raw in (("Q", q), ("P", p)))
         return q, p
 
     @torch.no_grad()
@@ -134,8 +94,11 @@ class EnnWeight(nn.Module):
         """
         if self.ortho != "exact":
             return
-        for raw in (self.Q_raw, self.P_raw):
-            raw.copy_(orthonormalize(raw))
+        for name, raw in (("Q", self.Q_raw), ("P", self.P_raw)):
+            raw.copy_(orthonormal_factor(raw))
+            # Any later in-place change (optimizer step, load_state_dict) bumps the version and ends the
+            # shortcut in `bases`; so does a move to new storage or another dtype.
+            self._clean[name] = _state(raw)
 
     def forward(self) -> Tensor:
         """Materialise the weight: Q·diag(Λ)·Pᵀ per block, reshaped to the host's weight shape."""
@@ -162,6 +125,11 @@ class EnnWeight(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, blocks={self.blocks}, ortho={self.ortho!r}"
+
+
+def _state(t: Tensor) -> tuple:
+    """What identifies a tensor's current values without reading them: in-place version, storage, dtype."""
+    return t._version, t.data_ptr(), t.dtype
 
 
 def enn_weights(module: nn.Module) -> Iterator[tuple[str, EnnWeight]]:

@@ -51,12 +51,21 @@ def test_retraction_keeps_the_output_and_makes_the_raw_factors_orthonormal() -> 
 
 
 def test_long_adamw_run_keeps_raw_factors_well_conditioned_and_bases_orthonormal() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: a second spinning OpenMP thread costs more than it gives
+    try:
+        _long_adamw_run()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _long_adamw_run() -> None:
     torch.manual_seed(3)
     model = enn.convert(nn.Sequential(nn.Linear(16, 48), nn.Tanh(), nn.Linear(48, 8)), ortho="exact")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     enn.retract_after_step(optimizer, model)
     target = nn.Linear(16, 8)
-    x = torch.randn(256, 16)
+    x = torch.randn(64, 16)
     with torch.no_grad():
         y = torch.tanh(target(x)) * 3
     first = None
@@ -71,3 +80,44 @@ def test_long_adamw_run_keeps_raw_factors_well_conditioned_and_bases_orthonormal
         for raw in (w.Q_raw, w.P_raw):
             assert torch.linalg.cond(raw.detach()).item() <= 10
     assert enn.orthogonality_error(model) <= 1e-5
+
+
+def test_after_retraction_the_basis_skips_qr_until_the_raw_factor_changes() -> None:
+    torch.manual_seed(4)
+    layer = enn.convert(nn.Linear(24, 40), ortho="exact")
+    w = next(w for _, w in enn.enn_weights(layer))
+    with torch.no_grad():
+        w.Q_raw.add_(0.1 * torch.randn_like(w.Q_raw))
+    x = torch.randn(6, 24)
+    grad_out = torch.randn(6, 40)
+
+    def output_and_grads():
+        layer.zero_grad()
+        out = layer(x)
+        out.backward(grad_out)
+        return out.detach(), w.Q_raw.grad.clone(), w.lam.grad.clone()
+
+    enn.retract(layer)
+    fast = output_and_grads()  # the shortcut: raw factor as is, QR's backward at R = I
+    w._clean.clear()
+    full = output_and_grads()  # the full QR of the same (orthonormal) raw factor
+    for a, b in zip(fast, full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    enn.retract(layer)
+    with torch.no_grad():
+        w.Q_raw.add_(0.1)  # an in-place change ends the shortcut: the basis is orthonormalised again
+    q, _ = w.bases()
+    assert enn.orthogonality_error(layer) < 1e-5 and not torch.allclose(q, w.Q_raw)
+
+
+def test_cholesky_retraction_gives_the_householder_factor() -> None:
+    torch.manual_seed(5)
+    a = torch.linalg.qr(torch.randn(3, 200, 64))[0] + 1e-2 * torch.randn(3, 200, 64)
+    from enn.orthonormal import orthonormal_factor
+
+    torch.testing.assert_close(orthonormal_factor(a), enn.orthonormalize(a), rtol=1e-4, atol=1e-5)
+    singular = torch.zeros(10, 4)
+    singular[:4] = torch.eye(4)
+    singular[:, 3] = 0  # rank-deficient: Cholesky fails, Householder still returns an orthonormal factor
+    q = orthonormal_factor(singular)
+    assert torch.allclose(q.mT @ q, torch.eye(4), atol=1e-5)
