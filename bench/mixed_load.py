@@ -123,25 +123,30 @@ def start(index: Path, checkpoint: Path, max_inflight: int | None, log: Path) ->
     raise TimeoutError("server did not start")
 
 
+def model_and_index(checkpoint: str | None, workdir: str, items: int) -> tuple[Path, str, Path, Path]:
+    """The served checkpoint, what it is, and an index of `items` synthetic items per modality of its own
+    (this benchmark writes to it, so it is not the one bench/search_latency.py reuses), under `workdir`."""
+    from retrieval.checkpoint import read_checkpoint
+
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    path, note = pick_model(checkpoint, work)
+    index = work / f"index-{read_checkpoint(path)['fingerprint']}-{items}-mixed"
+    build_bench_index(path, index, items)
+    return path, note, index, work
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="serve this checkpoint instead of picking one")
+    parser.add_argument("--workdir", default="/tmp/retrieval-bench", help="cached model/index between runs")
     parser.add_argument("--items", type=int, default=100_000, help="indexed items per modality")
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of each phase")
     parser.add_argument("--searchers", type=int, default=16)
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--max-inflight", type=int, help="the server's in-flight limit (default: its own)")
-    parser.add_argument("--checkpoint", help="serve this checkpoint instead of picking one")
-    parser.add_argument("--workdir", default="/tmp/retrieval-bench", help="cached model/index between runs")
     args = parser.parse_args()
-
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    checkpoint, model_note = pick_model(args.checkpoint, work)
-    from retrieval.checkpoint import read_checkpoint
-
-    fingerprint = read_checkpoint(checkpoint)["fingerprint"]
-    index = work / f"index-{fingerprint}-{args.items}-mixed"  # written to: not shared with search_latency
-    build_bench_index(checkpoint, index, args.items)
+    checkpoint, model_note, index, work = model_and_index(args.checkpoint, args.workdir, args.items)
     captions, _ = queries(synth_dataset(work))
     bodies = [json.dumps({"text": c, "target": "image", "k": 10}).encode() for c in captions]
     process, port = start(index, checkpoint, args.max_inflight, work / "mixed-server.log")
