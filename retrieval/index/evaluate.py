@@ -2,9 +2,12 @@
 exact search over the store's vectors, plus the index's own recall@10 against exact search.
 
 The eval split's images must be in the index (matched by file path; captions via their `image_id`).
-Items outside the split are skipped when ranking, so the numbers compare with exact evaluation of the
-split. Ranks come from the top `depth` results: Recall@1/5/10 are exact, while a correct item beyond the
-depth counts as rank depth + 1, so medr/meanr are lower bounds when they approach the depth.
+The index may hold more than the split: each search is restricted to the split's items inside FAISS (an
+ID selector, `Collection.search(..., allowed=...)`), so the numbers compare with exact evaluation of the
+split however large the index is. (Dropping other items after taking the top `depth` of the whole index
+would push correct items out of reach and under-count recall.) Ranks come from the top `depth` results:
+Recall@1/5/10 are exact, while a correct item beyond the depth counts as rank depth + 1, so medr/meanr
+are lower bounds when they approach the depth.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ def evaluate_through_index(
     index = IndexDir(index_dir, fingerprint=fingerprint)
     try:
         image_of_item, caption_image = _ground_truth(index, eval_set)
+        split_ids = {"image": _ids(image_of_item), "text": _ids(caption_image)}
         searchers = {
-            "ann": {m: _ann(index, m) for m in ("image", "text")},
-            "exact": {m: _exact(index, m) for m in ("image", "text")},
+            "ann": {m: _ann(index, m, split_ids[m]) for m in ("image", "text")},
+            "exact": {m: _exact(index, m, split_ids[m]) for m in ("image", "text")},
         }
         rows = {}
         for name, search in searchers.items():
@@ -46,9 +50,11 @@ def evaluate_through_index(
             i2t = _ranks(search["text"], image_emb, np.arange(eval_set.n_images), caption_image, depth)
             rows[name] = summarize_ranks(i2t, t2i)
         kinds = "/".join(sorted({c.kind for c in index.collections.values()}))
-        overlap = {  # the queries the service answers: captions against images, images against captions
-            "image": _overlap(searchers["ann"]["image"](text_emb, 10), searchers["exact"]["image"](text_emb, 10)),
-            "text": _overlap(searchers["ann"]["text"](image_emb, 10), searchers["exact"]["text"](image_emb, 10)),
+        # The queries the service answers, over the whole collection: captions against images, images
+        # against captions.
+        overlap = {
+            m: _overlap(_ann(index, m)(queries, 10), _exact(index, m)(queries, 10))
+            for m, queries in (("image", text_emb), ("text", image_emb))
         }
     finally:
         index.store.close()
@@ -80,13 +86,19 @@ def _ground_truth(index: IndexDir, eval_set: EvalSet) -> tuple[dict[int, int], d
     return image_of_item, caption_image
 
 
-def _ann(index: IndexDir, modality: str) -> Search:
+def _ids(row_of: dict[int, int]) -> np.ndarray:
+    return np.fromiter(row_of, dtype=np.int64, count=len(row_of))
+
+
+def _ann(index: IndexDir, modality: str, allowed: np.ndarray | None = None) -> Search:
+    """The collection's own (ANN) search, restricted to `allowed` item ids inside FAISS when given."""
     collection = index.collections[modality]
-    return lambda queries, k: collection.search(queries, k)[1]
+    return lambda queries, k: collection.search(queries, k, allowed=allowed)[1]
 
 
-def _exact(index: IndexDir, modality: str) -> Search:
-    ids = index.store.ids(modality)
+def _exact(index: IndexDir, modality: str, allowed: np.ndarray | None = None) -> Search:
+    """Exact inner-product search over the store's vectors (of `allowed` items only, when given)."""
+    ids = index.store.ids(modality) if allowed is None else np.sort(allowed)
     flat = faiss.IndexIDMap2(faiss.IndexFlatIP(index.dim))
     if len(ids):
         flat.add_with_ids(index.store.embeddings_of(ids), ids)
@@ -94,8 +106,8 @@ def _exact(index: IndexDir, modality: str) -> Search:
 
 
 def _ranks(search: Search, queries: np.ndarray, truth: np.ndarray, row_of: dict[int, int], depth: int) -> np.ndarray:
-    """1-based rank of the best-placed result mapping to each query's correct row, among eval-split results
-    (text → image: the caption's image; image → text: any caption of the image)."""
+    """1-based rank of the best-placed result mapping to each query's correct row (text → image: the
+    caption's image; image → text: any caption of the image); `search` returns eval-split items only."""
     found = search(queries, depth)
     ranks = np.full(len(queries), depth + 1, np.int64)
     for q, ids in enumerate(found):

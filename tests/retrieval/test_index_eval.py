@@ -56,6 +56,22 @@ def test_exact_recall_through_the_store_matches_plain_evaluation(make_karpathy, 
     assert report["ann_vs_exact_recall_at_10"]["image"] >= 0.9
 
 
+def test_recall_through_an_index_ten_times_larger_than_the_split_is_exact(make_karpathy, checkpoint, tmp_path):
+    dataset = make_karpathy({"train": 120, "test": 12}, captions=2)
+    folder, cfg = _index(tmp_path, dataset, checkpoint, ["all"], kind="flat")
+    eval_set = load_eval_set(cfg, "test")
+    loaded = load_model(checkpoint)
+    images, texts = encode_eval_set(loaded, eval_set)
+    # depth 10 < the 132 indexed images: taking the top 10 of the whole index, then dropping other splits'
+    # items, would lose most correct images; searching only the split's ids keeps every rank ≤ 10 exact.
+    report = evaluate_through_index(folder, images, texts, eval_set, loaded.fingerprint, depth=10)
+    plain = evaluate_embeddings(images, texts, eval_set)
+    for row in ("index exact", "index (flat)"):
+        for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
+            assert abs(report["rows"][row][key] - plain[key]) <= 100 / 24 + 1e-9, (row, key)
+    assert plain["t2i_r10"] >= 50  # most correct images are within 10 of 12, few within 10 of all 132
+
+
 def test_an_index_of_another_split_is_refused(make_karpathy, checkpoint, tmp_path):
     dataset = make_karpathy({"train": 4, "test": 3}, captions=2)
     folder, cfg = _index(tmp_path, dataset, checkpoint, ["train"], kind="flat")
