@@ -73,7 +73,7 @@ async def run(engine: Engine, query: Query, options: SearchOptions) -> list[Hit]
         raise HTTPException(422, f"k must be between 1 and {settings.max_k}, got {options.k}")
     if not 0 <= options.offset <= settings.max_offset:
         raise HTTPException(422, f"offset must be between 0 and {settings.max_offset}, got {options.offset}")
-    allowed = None if options.filter is None else await engine.matching(options.target, options.filter)
+    allowed = await engine.matching(options.target, options.filter) if options.filter else None  # {}: no filter
     hits = await engine.search(query.vector, options.target, options.k, options.offset, allowed, query.exclude)
     if options.min_score is not None:
         hits = [hit for hit in hits if hit.score >= options.min_score]
