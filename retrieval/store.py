@@ -4,8 +4,9 @@ Every item (an image or a text) is a row with its caption, uri, metadata and emb
 only after its transaction is committed with `synchronous=FULL`, so an acknowledged item survives a
 kill -9 or a power cut; the FAISS files are snapshots rebuilt from these rows when they lag behind.
 Ids come from AUTOINCREMENT, so a deleted id is never reused (the index relies on that to drop stale
-entries). Two connections, each under its own lock: one for writes, one for reads, so searches reading
-item rows never wait behind a write's fsync (WAL lets readers see the last committed state meanwhile).
+entries). Three connections, each under its own lock: one for writes; one for reads, so searches reading
+item rows never wait behind a write's fsync (WAL lets readers see the last committed state meanwhile);
+one for scans of a metadata field over every row (filters), so searches never wait behind those either.
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ class ItemStore:
         self._writer.execute("PRAGMA synchronous=FULL")  # a COMMIT is on disk before we acknowledge
         self._writer.executescript(_SCHEMA)
         self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # Scans of a metadata field over every row (filters, `metadata_values`) take their own connection, so
+        # the searches' item reads never wait the ~1 s such a scan of 100k rows takes.
+        self._scan_lock = threading.Lock()
+        self._scanner = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         stored = self.get_info("dim")
         if stored is None and dim is not None:
             self.set_info("dim", str(dim))
@@ -96,8 +101,9 @@ class ItemStore:
             raise UserError(f"{self.path}: the store holds {self.dim}-d embeddings, not {dim}-d")
 
     def close(self) -> None:
-        """Close the connection (the WAL is checkpointed by SQLite)."""
-        with self._write_lock, self._read_lock:
+        """Close the connections (the WAL is checkpointed by SQLite)."""
+        with self._write_lock, self._read_lock, self._scan_lock:
+            self._scanner.close()
             self._reader.close()
             self._writer.close()
 
@@ -189,8 +195,8 @@ class ItemStore:
         Types are SQLite's JSON type names (text, integer, real, true, false, null, array, object); a field
         holding an object yields nothing. `keys` must be plain names (letters, digits, `_`, `-`)."""
         path = "$" + "".join(f'."{key}"' for key in keys)
-        with self._read_lock:
-            return self._reader.execute(
+        with self._scan_lock:
+            return self._scanner.execute(
                 "SELECT items.id, e.type, e.value FROM items, json_each(items.metadata, ?) AS e "
                 "WHERE items.modality = ? AND json_type(items.metadata, ?) != 'object'",
                 (path, modality, path),
