@@ -9,8 +9,8 @@ range bounds of mixed types match nothing. `FILTER_SCHEMA` states exactly these 
 service's OpenAPI schema uses it), and `check_filter` enforces them.
 
 Evaluation is columnar, so a filtered search costs look-ups, not a scan of every row's JSON: the first filter on
-a field loads that field's values for one modality from the store (one SQL pass) into sorted arrays, kept
-until the next write; a condition is then a binary search, and the filter's answer is the sorted array of
+a field loads that field's values for one modality from the store (one SQL pass) into sorted arrays, which
+each write then updates (no rescan); a condition is then a binary search, and the filter's answer is the sorted array of
 matching item ids that the FAISS search is restricted to (see `Collection.search`).
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,25 @@ class Column:
             np.asarray([i for i, kind, _ in rows if kind == "false"], np.int64),
         )
 
+    def changed(self, removed: np.ndarray, added: list[tuple[int, str, Any]]) -> Column:
+        """A new column: this one without the values of the `removed` ids, with the `added` rows merged in."""
+        new = Column.from_rows(added)
+
+        def merge(values: np.ndarray, ids: np.ndarray, more: np.ndarray, more_ids: np.ndarray) -> tuple:
+            keep = ~np.isin(ids, removed)
+            values, ids = values[keep], ids[keep]
+            if values.dtype.kind == "U":
+                values = values.astype(np.result_type(values, more))  # room for longer strings
+            at = np.searchsorted(values, more)  # `more` is sorted: inserting there keeps the order
+            return np.insert(values, at, more), np.insert(ids, at, more_ids)
+
+        def flags(ids: np.ndarray, more_ids: np.ndarray) -> np.ndarray:
+            return np.concatenate([ids[~np.isin(ids, removed)], more_ids])
+
+        return Column(*merge(self.numbers, self.number_ids, new.numbers, new.number_ids),
+                      *merge(self.strings, self.string_ids, new.strings, new.string_ids),
+                      flags(self.true_ids, new.true_ids), flags(self.false_ids, new.false_ids))
+
     def _sorted(self, value: Scalar) -> tuple[np.ndarray, np.ndarray]:
         return (self.strings, self.string_ids) if isinstance(value, str) else (self.numbers, self.number_ids)
 
@@ -113,6 +133,24 @@ class Column:
         if "lt" in bounds:
             hi = min(hi, int(np.searchsorted(values, bounds["lt"], "left")))
         return ids[lo:hi] if lo < hi else ids[:0]
+
+
+def field_rows(item_id: int, metadata: dict[str, Any], field: str) -> list[tuple[int, str, Any]]:
+    """The (id, JSON type, value) rows of one item's field, as `ItemStore.metadata_values` reads them."""
+    value: Any = metadata
+    for key in field.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return []
+        value = value[key]
+    rows: list[tuple[int, str, Any]] = []
+    for element in [] if isinstance(value, dict) else value if isinstance(value, list) else [value]:
+        if isinstance(element, bool):
+            rows.append((item_id, "true" if element else "false", int(element)))
+        elif isinstance(element, int | float):
+            rows.append((item_id, "real", float(element)))
+        elif isinstance(element, str):
+            rows.append((item_id, "text", element))
+    return rows
 
 
 def check_filter(spec: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +189,8 @@ def _is_scalar(value: Any) -> bool:
 
 
 class MetadataFilter:
-    """Evaluates filters over an item store, caching one `Column` per (modality, field) until `invalidate`."""
+    """Evaluates filters over an item store, caching one `Column` per (modality, field); writes update the
+    cached columns in place of a rescan (`update`)."""
 
     def __init__(self, store: ItemStore) -> None:
         self.store = store
@@ -160,10 +199,22 @@ class MetadataFilter:
         self._generation = 0
 
     def invalidate(self) -> None:
-        """Forget every column (called after each write: adds, deletes, metadata updates)."""
+        """Forget every column: the next filter on a field scans the store again."""
         with self._lock:
             self._columns.clear()
             self._generation += 1
+
+    def update(self, modality: str, removed: Iterable[int] = (), added: Iterable[tuple[int, dict]] = ()) -> None:
+        """Apply a committed write to the cached columns of `modality`: values of the `removed` ids out, the
+        fields of the `added` (id, metadata) in. A column being loaded meanwhile is not cached (it may miss it)."""
+        removed_ids = np.fromiter(removed, np.int64)
+        added = list(added)
+        with self._lock:
+            self._generation += 1
+            for (owner, field), column in list(self._columns.items()):
+                if owner == modality:
+                    rows = [row for item_id, meta in added for row in field_rows(item_id, meta, field)]
+                    self._columns[(owner, field)] = column.changed(removed_ids, rows)
 
     def column(self, modality: str, field: str) -> Column:
         """The field's column, loaded from the store on first use."""

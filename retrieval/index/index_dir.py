@@ -132,7 +132,8 @@ class IndexDir:
         if self.read_only:
             raise ReadOnlyIndexError("the index is memory-mapped read-only (started with mmap); writes are disabled")
         item = self.store.update_metadata(item_id, changes)
-        self.filters.invalidate()
+        if item is not None:
+            self.filters.update(item.modality, removed=[item_id], added=[(item_id, item.metadata)])
         return item
 
     def add(self, items: list[NewItem]) -> list[int]:
@@ -140,7 +141,9 @@ class IndexDir:
         if self.read_only:
             raise ReadOnlyIndexError("the index is memory-mapped read-only (started with mmap); writes are disabled")
         ids = self.store.add(items)
-        self.filters.invalidate()
+        for modality in MODALITIES:
+            self.filters.update(modality, added=[(i, it.metadata) for i, it in zip(ids, items, strict=True)
+                                                 if it.modality == modality])
         with self._lock:
             for modality in MODALITIES:
                 rows = [n for n, item in enumerate(items) if item.modality == modality]
@@ -156,8 +159,8 @@ class IndexDir:
         if self.read_only:
             raise ReadOnlyIndexError("the index is memory-mapped read-only (started with mmap); writes are disabled")
         item = self.store.delete(item_id)
-        self.filters.invalidate()
         if item is not None:
+            self.filters.update(item.modality, removed=[item_id])
             with self._lock:
                 self.collections[item.modality].remove(np.asarray([item_id], np.int64))
                 self._counts[item.modality] -= 1

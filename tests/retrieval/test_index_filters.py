@@ -79,3 +79,32 @@ def test_matching_rules(tmp_path):
         with pytest.raises(FilterError):
             check_filter(bad)
     index.close()
+
+
+def test_cached_columns_follow_writes_exactly_as_a_rescan_would(tmp_path):
+    build_index(tmp_path / "idx", make_embedded(tmp_path, 0, 0), kind="flat")
+    index = IndexDir(tmp_path / "idx")
+    rng = np.random.default_rng(0)
+    vector = np.ones(32, np.float32) / np.sqrt(32)
+    specs = [{"size": {"gte": 3, "lt": 7}}, {"word": {"in": ["b", "a longer word than before"]}}, {"ok": False},
+             {"tags": "x"}, {"deep.er": {"lte": "m"}}]
+
+    def random_metadata() -> dict:
+        words = ["a", "b", "c", "a longer word than before", "z"]
+        return {"size": int(rng.integers(0, 10)), "word": str(rng.choice(words)), "ok": bool(rng.integers(0, 2)),
+                "tags": list(rng.choice(["x", "y", "z"], int(rng.integers(0, 3)))), "deep": {"er": str(rng.choice(words))}}
+
+    ids = index.add([NewItem("text", vector, "t", None, random_metadata()) for _ in range(40)])
+    for spec in specs:
+        index.matching("text", spec)  # every column cached before the writes
+    for step in range(30):
+        if step % 3 == 0:
+            ids += index.add([NewItem("text", vector, "t", None, random_metadata()) for _ in range(3)])
+        elif step % 3 == 1:
+            index.delete(ids.pop(int(rng.integers(0, len(ids)))))
+        else:
+            index.update_metadata(ids[int(rng.integers(0, len(ids)))], {"size": None, "word": "b", "tags": ["x"]})
+        cached = [index.matching("text", spec).tolist() for spec in specs]
+        index.filters.invalidate()
+        assert cached == [index.matching("text", spec).tolist() for spec in specs], step
+    index.close()
