@@ -7,7 +7,7 @@ metadata field per item, `bucket`, a random integer in [0, 100): the filters `{"
 of where the vectors lie. Queries are held-out vectors from the same distribution.
 
 Measured through `IndexDir` (what the service calls, without HTTP): the filter's evaluation, cold (first use of
-the field after a write: one SQL pass) and warm (cached columns); the filtered search, one query at a time,
+a field: one SQL pass; writes then update the cached column) and warm (cached columns); the filtered search, one query at a time,
 k = 10, p50/p99; recall@10 against the exact filtered top-10 (brute force over the matching vectors); and
 how many queries got fewer than 10 results (must be 0: the filter is applied inside the FAISS search).
 
