@@ -100,3 +100,21 @@ def test_config_overrides_reach_adamw():
     optimizer = build_optimizer(build_towers(cfg).model, cfg["training"])
     assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
     assert optimizer.param_groups[0]["betas"] == (0.8, 0.9)
+
+
+@pytest.mark.parametrize("ortho", ["penalty", "exact"])
+def test_enn_local_stage_optimizers_decay_eigenvalues_and_retract(tiny_config, ortho):
+    from retrieval.train.local_units import build_units
+
+    tiny_config["enn"]["ortho"] = ortho
+    tiny_config["training"]["stages"] = 2
+    model = build_towers(tiny_config).model
+    units = build_units(tiny_config, model, torch.device("cpu"), total_steps=10)
+    for unit in units:
+        decayed = {id(p) for p in unit.optimizer.param_groups[0]["params"]}
+        names = dict(unit.named_parameters())
+        eigen = [p for n, p in names.items() if n.endswith(".lam")]
+        bases = [p for n, p in names.items() if n.endswith((".Q", ".P", ".Q_raw", ".P_raw"))]
+        assert eigen and all(id(p) in decayed for p in eigen)
+        assert bases and not any(id(p) in decayed for p in bases)
+        assert bool(unit.optimizer._optimizer_step_post_hooks) == (ortho == "exact")
