@@ -6,7 +6,8 @@ with `--threads 1`). Every variant of a seed sees the same data order (seeded by
 same initial function (ENN starts from the SVD of the plain initialisation). Prints a table of mean ± std
 over seeds and each variant's difference from the plain twin with a 95 % confidence interval (Welch's t
 over seeds), and writes the JSON (per-run numbers, load averages) to --out. Finished runs are reused when
-the script is started again with the same arguments, so an interrupted sweep can be continued.
+the script is started again with the same arguments (from the run folders, or from the runs recorded in --out), so an
+interrupted sweep can be continued.
 
     python bench/enn_vs_plain.py --seeds 0 1 2 3 4 --parallel 2 --threads 1      # the verdict, demo budget
     python bench/enn_vs_plain.py --variants enn-penalty --lambdas 1e-3 1e-1 ...    # a penalty-λ sweep
@@ -69,13 +70,14 @@ def retrieval(*args: str, env: dict[str, str]) -> str:
     return result.stdout
 
 
-def one_run(args: argparse.Namespace, variant: str, seed: int, env: dict[str, str]) -> dict:
-    """Train (or reuse a finished run), evaluate best.pt on the test split, collect the numbers."""
+def one_run(args: argparse.Namespace, variant: str, seed: int, env: dict[str, str], done: list[dict]) -> dict:
+    """Train (or reuse a finished run: its run folder's bench.json, or a run recorded in an earlier --out
+    file, `done`), evaluate best.pt on the test split, collect the numbers."""
     run = Path(args.runs) / f"{variant}-seed{seed}"
     result_file = run / "bench.json"
     overrides = [*VARIANTS[variant], f"training.seed={seed}", *args.overrides]
-    if result_file.is_file():
-        saved = json.loads(result_file.read_text())
+    saved_runs = [json.loads(result_file.read_text())] if result_file.is_file() else []
+    for saved in saved_runs + done:
         if saved["config"] == args.config and saved["overrides"] == overrides:
             return saved
     if run.exists():
@@ -150,13 +152,15 @@ def main() -> None:
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
+    # Runs recorded in an earlier report count as done (a sweep continued on another machine or session).
+    done = json.loads(Path(args.out).read_text()).get("runs", []) if Path(args.out).is_file() else []
     # seed-major: a partial sweep still compares the variants on the same seeds
     jobs = [(variant, seed) for seed in args.seeds for variant in args.variants]
 
     def run(job: tuple[str, int]) -> dict:
         variant, seed = job
         print(f"[{time.strftime('%H:%M:%S')}] {variant} seed {seed} ... (load {load_average()})", flush=True)
-        result = one_run(args, variant, seed, env)
+        result = one_run(args, variant, seed, env, done)
         print(f"[{time.strftime('%H:%M:%S')}] {variant} seed {seed}: test RSUM {result['test']['rsum']:.1f}, "
               f"{result['train_wall_s']:.0f} s", flush=True)
         return result
