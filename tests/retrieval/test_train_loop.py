@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from train_testing import checkpoint_weights, max_weight_difference, one_thread, train_config  # noqa: F401
 
-from retrieval.checkpoint import load_model
+from retrieval.checkpoint import load_model, read_checkpoint
 from retrieval.cli import main as cli
 from retrieval.config import load_config
 from retrieval.model import build_towers
@@ -120,8 +120,9 @@ def test_fine_tuning_starts_from_the_pretrained_function(synth_dataset, tmp_path
     # lr = 0: the one step leaves the weights as they started, so best.pt is the model at step 0.
     cfg = train_config(synth_dataset, f"model.pretrained={weights}", "training.lr=0.0", "training.max_steps=1")
     train_bp(cfg, tmp_path / "run")
-    loaded = load_model(RunDir(tmp_path / "run").best, device="cpu")
-    assert any(".parametrizations." in k for k in loaded.model.state_dict())  # trained in ENN form
+    best = RunDir(tmp_path / "run").best
+    assert any(".parametrizations." in k for k in read_checkpoint(best)["model"])  # trained in ENN form
+    loaded = load_model(best, device="cpu")  # merged to plain weights for inference
     assert float(loaded.model.logit_scale.detach()) == pytest.approx(2.5)  # the pretrained temperature is kept
     pixels = torch.stack([plain.preprocess_val(Image.open(p).convert("RGB")) for p in
                           sorted(synth_dataset.images.iterdir())[:4]])
