@@ -4,8 +4,8 @@ Each run is `retrieval train` (the demo config unless --config) followed by `ret
 best.pt on the test split, in fresh processes (`--parallel 2` runs two at a time; give each one thread
 with `--threads 1`). Every variant of a seed sees the same data order (seeded by training.seed) and the
 same initial function (ENN starts from the SVD of the plain initialisation). Prints a table of mean ± std
-over seeds and each variant's difference from the plain twin with a 95 % confidence interval (Welch's t
-over seeds), and writes the JSON (per-run numbers, load averages) to --out. Finished runs are reused when
+over seeds and each variant's difference from the plain twin with 95 % confidence intervals (paired t over
+seeds, and Welch's t), and writes the JSON (per-run numbers, load averages) to --out. Finished runs are reused when
 the script is started again with the same arguments (from the run folders, or from the runs recorded in --out), so an
 interrupted sweep can be continued.
 
@@ -116,21 +116,32 @@ def summarise(runs: list[dict], variants: list[str]) -> dict:
             values = [r["test"][key] if key in METRICS else r[key] for r in mine]
             stats[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
         table[variant] = {"seeds": [r["seed"] for r in mine], **stats}
-        baseline = [r["test"]["rsum"] for r in runs if r["variant"] == "plain"]
-        if variant != "plain" and len(baseline) > 1 and len(mine) > 1:
-            table[variant]["rsum_minus_plain"] = welch_difference([r["test"]["rsum"] for r in mine], baseline)
+        plain = {r["seed"]: r["test"]["rsum"] for r in runs if r["variant"] == "plain"}
+        seeds = [r["seed"] for r in mine if r["seed"] in plain]
+        if variant != "plain" and len(seeds) > 1:
+            rsum = {r["seed"]: r["test"]["rsum"] for r in mine}
+            table[variant]["rsum_minus_plain"] = difference([rsum[s] for s in seeds], [plain[s] for s in seeds])
     return table
 
 
-def welch_difference(a: list[float], b: list[float], level: float = 0.95) -> dict:
-    """mean(a) − mean(b) with a Welch's-t confidence interval (unequal variances, few seeds) and a verdict."""
+def difference(a: list[float], b: list[float], level: float = 0.95) -> dict:
+    """mean(a) − mean(b) over the same seeds, with 95 % confidence intervals and a verdict.
+
+    Two intervals: Welch's t (the runs as independent samples) and a paired t over seeds, which is the
+    sharper test here because a seed fixes both the data order and the initial function for every variant.
+    The verdict follows the paired interval: "no measurable difference" when it contains 0.
+    """
     from scipy import stats
 
-    result = stats.ttest_ind(a, b, equal_var=False)
-    low, high = result.confidence_interval(level)
+    welch = stats.ttest_ind(a, b, equal_var=False)
+    paired = stats.ttest_rel(a, b)
+    w_low, w_high = welch.confidence_interval(level)
+    p_low, p_high = paired.confidence_interval(level)
     diff = statistics.mean(a) - statistics.mean(b)
-    verdict = "no measurable difference" if low <= 0 <= high else ("better" if diff > 0 else "worse")
-    return {"mean": diff, "ci95": [float(low), float(high)], "p_value": float(result.pvalue), "verdict": verdict}
+    verdict = "no measurable difference" if p_low <= 0 <= p_high else ("better" if diff > 0 else "worse")
+    return {"mean": diff, "ci95": [float(w_low), float(w_high)], "p_value": float(welch.pvalue),
+            "paired_ci95": [float(p_low), float(p_high)], "paired_p_value": float(paired.pvalue),
+            "verdict": verdict}
 
 
 def print_table(table: dict) -> None:
@@ -143,8 +154,9 @@ def print_table(table: dict) -> None:
     for variant, stats in table.items():
         if "rsum_minus_plain" in stats:
             d = stats["rsum_minus_plain"]
-            print(f"{variant} − plain: RSUM {d['mean']:+.1f}, 95 % CI [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}] "
-                  f"(Welch, p = {d['p_value']:.2f}): {d['verdict']}")
+            print(f"{variant} − plain: RSUM {d['mean']:+.1f}, 95 % CI paired over seeds "
+                  f"[{d['paired_ci95'][0]:+.1f}, {d['paired_ci95'][1]:+.1f}] (p = {d['paired_p_value']:.2f}), "
+                  f"Welch [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}] (p = {d['p_value']:.2f}): {d['verdict']}")
 
 
 def main() -> None:
