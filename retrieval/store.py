@@ -42,6 +42,13 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_by_modality ON items (modality, id);
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- One row per deleted item, in the delete's own transaction: an on-disk index reconciles by reading the
+-- deletions after its snapshot's `deletions_seq` instead of comparing every id it holds with the store.
+CREATE TABLE IF NOT EXISTS deletions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER NOT NULL,
+    modality TEXT NOT NULL
+);
 """
 
 
@@ -147,13 +154,71 @@ class ItemStore:
             raise ValueError(f"embedding has {vector.shape[0]} dimensions, the store holds {self.dim}")
         return item.modality, item.caption, item.uri, json.dumps(item.metadata), vector.tobytes()
 
-    def delete(self, item_id: int) -> Item | None:
-        """Remove an item (committed); returns it, or None when there is no such id."""
+    def add_rows(self, modality: str, vectors: np.ndarray, captions: Sequence[str | None],
+                 uris: Sequence[str | None], metadata: Sequence[dict[str, Any]]) -> np.ndarray:
+        """Bulk insert (index builds): one committed transaction, `executemany`; returns the new ids (int64).
+
+        AUTOINCREMENT ids of one transaction under the write lock are consecutive, so they are read from
+        `sqlite_sequence` instead of one `lastrowid` per row."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if modality not in MODALITIES or vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"add_rows: {modality} rows of {vectors.shape[1:]} values, the store holds {self.dim}")
+        created = utc_now()
+        rows = ((modality, c, u, json.dumps(m), v.tobytes(), created)
+                for c, u, m, v in zip(captions, uris, metadata, vectors, strict=True))
         with self._write_lock:
-            row = self._writer.execute(
-                "DELETE FROM items WHERE id = ? RETURNING id, modality, caption, uri, metadata, created", (item_id,)
-            ).fetchone()
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                first = self._last_id(cur) + 1
+                cur.executemany(
+                    "INSERT INTO items (modality, caption, uri, metadata, embedding, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                last = self._last_id(cur)
+                cur.execute("COMMIT")
+            except BaseException:
+                _rollback(cur)
+                raise
+        if last - first + 1 != len(vectors):
+            raise RuntimeError(f"item store: {len(vectors)} rows inserted as ids {first}..{last}")
+        return np.arange(first, last + 1, dtype=np.int64)
+
+    @staticmethod
+    def _last_id(cur: sqlite3.Cursor) -> int:
+        row = cur.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+        return int(row[0]) if row else 0
+
+    def last_id(self) -> int:
+        """The largest id ever given (deleted ids included; AUTOINCREMENT never reuses them)."""
+        with self._read_lock:
+            return self._last_id(self._reader.cursor())
+
+    def delete(self, item_id: int) -> Item | None:
+        """Remove an item (committed, with its `deletions` row); returns it, or None when there is no such id."""
+        with self._write_lock:
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                row = cur.execute(
+                    "DELETE FROM items WHERE id = ? RETURNING id, modality, caption, uri, metadata, created", (item_id,)
+                ).fetchone()
+                if row is not None:
+                    cur.execute("INSERT INTO deletions (id, modality) VALUES (?, ?)", (row[0], row[1]))
+                cur.execute("COMMIT")
+            except BaseException:
+                _rollback(cur)
+                raise
         return _item(row) if row else None
+
+    def deletions_since(self, modality: str, seq: int) -> tuple[np.ndarray, int]:
+        """Ids of `modality` deleted after deletion number `seq`, and the newest deletion number (any modality)."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT id FROM deletions WHERE seq > ? AND modality = ?", (seq, modality)
+            ).fetchall()
+            row = self._reader.execute("SELECT MAX(seq) FROM deletions").fetchone()
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows)), int(row[0] or 0)
 
     def update_metadata(self, item_id: int, changes: dict[str, Any]) -> Item | None:
         """Merge `changes` into an item's metadata (a None value removes the key), committed; None if no such id."""
@@ -240,9 +305,10 @@ class ItemStore:
             rows = self._reader.execute("SELECT id FROM items WHERE modality = ? ORDER BY id", (modality,)).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
-    def iter_embeddings(self, modality: str, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, (n, D) embeddings) chunks of one modality in id order, without holding all in memory."""
-        last = -1
+    def iter_embeddings(self, modality: str, chunk: int = 20_000, after: int = -1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, (n, D) embeddings) chunks of one modality in id order (ids above `after`), without holding all
+        in memory."""
+        last = after
         while True:
             with self._read_lock:
                 rows = self._reader.execute(

@@ -18,6 +18,7 @@ from fastapi import HTTPException
 
 from retrieval.errors import UserError
 from retrieval.index import Hit, IndexDir
+from retrieval.index.budget import format_bytes, parse_bytes
 from retrieval.store import Item, NewItem
 from service.batching import Batcher
 from service.encoder import Encoder, make_encoder
@@ -96,8 +97,8 @@ class Engine:
     async def _snapshot_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.snapshot_interval_s)
-            try:
-                await self._on_index(self.index.snapshot)
+            try:  # a replica (read-only) follows the primary instead
+                await self._on_index(self.index.refresh if self.index.read_only else self.index.snapshot)
             except Exception:  # a failed snapshot is retried next time; the store still has every item
                 log.exception("index snapshot failed")
 
@@ -186,6 +187,13 @@ def load_engine(settings: Settings) -> Engine:
     """Load the model and the index (refusing an index built by another model)."""
     encoder = make_encoder(settings)
     index = IndexDir(settings.index_dir, mmap=settings.mmap, fingerprint=encoder.fingerprint)
+    budget = parse_bytes(settings.memory_budget)
+    if budget is not None and index.resident_bytes() > budget:
+        needed = index.resident_bytes()
+        index.close()
+        raise UserError(f"index {settings.index_dir} needs about {format_bytes(needed)} of RAM, over the memory budget "
+                        f"{settings.memory_budget}: rebuild it with `retrieval index build --memory-budget "
+                        f"{settings.memory_budget}` or raise the budget")
     if index.dim != encoder.embed_dim:
         raise UserError(f"index {settings.index_dir} holds {index.dim}-d vectors, the model makes {encoder.embed_dim}-d")
     log.info("loaded model %s and index %s (%s)", encoder.fingerprint, settings.index_dir, index.counts())

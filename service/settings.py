@@ -26,7 +26,8 @@ class Settings:
     api_key: str | None = None  # required (Bearer) for writes; writes are refused when unset
     auth_reads: bool = False  # also require the key for searches, embeddings, info and item reads
     index_name: str | None = None  # name for clip-retrieval's /indices-list (default: the folder name)
-    mmap: bool = False  # memory-map the FAISS files (IVF lists); the index is then read-only
+    mmap: bool = False  # memory-map the FAISS files (IVF lists); the index is then read-only (a replica)
+    memory_budget: str | None = None  # e.g. "4GiB": refuse to start when the index needs more RAM than this
     max_body_bytes: int = 16 << 20
     max_image_pixels: int = 40_000_000  # width × height, checked from the header before decoding
     max_texts: int = 256  # texts or images to embed, or queries in a batch search, per request
@@ -51,6 +52,9 @@ class Settings:
                 raise UserError(f"setting {name} must be at least 1, got {getattr(self, name)!r}")
         if self.batch_max_wait_ms < 0 or self.snapshot_interval_s <= 0 or self.max_offset < 0:
             raise UserError("batch_max_wait_ms and max_offset must be ≥ 0, and snapshot_interval_s > 0")
+        from retrieval.index.budget import parse_bytes
+
+        parse_bytes(self.memory_budget)  # a bad size fails here, with the setting's value in the message
         if self.api_key == "":
             self.api_key = None
         if self.auth_reads and self.api_key is None:

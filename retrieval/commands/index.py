@@ -27,16 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--embeddings", help="a `retrieval embed` output folder")
     build.add_argument("--out", required=True, help="INDEX_DIR to create")
-    build.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivfpq"),
-                       help="auto: flat below 20k items, HNSW while it fits --memory-budget-gb, else IVF-PQ")
+    build.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivfpq", "ondisk"),
+                       help="auto: flat below 20k items, HNSW up to 2M items while it fits --memory-budget, else "
+                            "ondisk (IVF lists in a memory-mapped file, SQ8 codes or smaller to fit the budget)")
     build.add_argument("--target-recall", type=float, default=0.98,
                        help="recall@10 against exact search that efSearch/nprobe are tuned to reach (default 0.98)")
-    build.add_argument("--memory-budget-gb", type=float, default=8.0, help="auto: largest HNSW index (GiB)")
+    build.add_argument("--memory-budget", help="RAM the serving index may take, e.g. 4GiB (default 8GiB): "
+                                                "decides auto's kind and ondisk's code size")
+    build.add_argument("--memory-budget-gb", type=float, help=argparse.SUPPRESS)  # older spelling
     build.add_argument("--hnsw-m", type=int, help="HNSW links per node (default 32)")
     build.add_argument("--ef-construction", type=int, help="HNSW build breadth (default 80)")
     build.add_argument("--nlist", type=int, help="IVF lists (default ≈ 4·√n)")
     build.add_argument("--pq-m", type=int, help="PQ sub-quantizers (must divide the dimension)")
     build.add_argument("--refine", choices=("SQ8", "Flat", "none"), help="IVF-PQ re-scoring vectors (default SQ8)")
+    build.add_argument("--codes", help="ondisk code format: SQ8, SQ4, SQfp16, PQ<m>x8 (default: the best that fits)")
     build.add_argument("--force", action="store_true", help="replace an existing index in --out")
     add_source_arguments(build, require_checkpoint=False)  # embedding on the fly, instead of --embeddings
     return parser
@@ -52,6 +56,11 @@ def main(argv: list[str]) -> int:
 
     from retrieval.embed import read_embeddings
     from retrieval.index import build_index
+    from retrieval.index.budget import parse_bytes
+
+    budget = parse_bytes(args.memory_budget)
+    if budget is None and args.memory_budget_gb is not None:
+        budget = int(args.memory_budget_gb * (1 << 30))
 
     folder = args.embeddings or embed_from_args(args, str(Path(args.out) / "embeddings"))
     embedded = read_embeddings(folder)
@@ -59,7 +68,7 @@ def main(argv: list[str]) -> int:
         key: value
         for key, value in (
             ("M", args.hnsw_m), ("efConstruction", args.ef_construction), ("nlist", args.nlist), ("pq_m", args.pq_m),
-            ("refine", None if args.refine == "none" else args.refine),
+            ("refine", None if args.refine == "none" else args.refine), ("codes", args.codes),
         )
         if value is not None or (key == "refine" and args.refine == "none")
     }
@@ -69,9 +78,10 @@ def main(argv: list[str]) -> int:
         kind=args.kind,
         target_recall=args.target_recall,
         params=overrides,
-        memory_budget=int(args.memory_budget_gb * (1 << 30)),
+        memory_budget=budget,
         model_info={"embed_dim": embedded.dim, "embeddings": str(Path(folder).resolve())},
         force=args.force,
+        progress=True,
     )
     print(f"index {args.out}: model {manifest.fingerprint}, dim {manifest.dim}")
     for modality, info in manifest.collections.items():

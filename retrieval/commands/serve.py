@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", help="key for writes (Authorization: Bearer KEY); prefer RETRIEVAL_API_KEY")
     parser.add_argument("--auth-reads", action="store_true", default=None, help="require the key for reads too")
-    parser.add_argument("--mmap", action="store_true", default=None, help="memory-map the FAISS files (read-only)")
+    parser.add_argument("--mmap", action="store_true", default=None,
+                        help="memory-map the FAISS files read-only: a replica that follows the primary's writes")
+    parser.add_argument("--memory-budget", help="e.g. 4GiB: refuse to start when the index needs more RAM")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--torch-threads", type=int, help="encoder threads (default: all cores but one)")
     parser.add_argument("--max-k", type=int)

@@ -17,22 +17,22 @@ memory budget, compressed IVF-PQ beyond.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import faiss
 import numpy as np
 
 from retrieval.errors import UserError
+from retrieval.index.budget import FLAT_MAX_ITEMS, HNSW_M, choose_kind, nlist_for, ondisk_codes
+
+__all__ = ["FLAT_MAX_ITEMS", "KINDS", "choose_kind", "default_params", "factory_string", "new_index"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("flat", "hnsw", "ivfpq")
-FLAT_MAX_ITEMS = 20_000  # exact search over 20k vectors costs about a millisecond per query
+KINDS = ("flat", "hnsw", "ivfpq", "ondisk")
 MIN_IVFPQ_ITEMS = 1_000  # PQ codebooks (256 centroids per sub-quantizer) need this many training vectors
-HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-DEFAULT_MEMORY_BUDGET = 8 << 30  # bytes an HNSW index may take before `auto` switches to IVF-PQ
+DEFAULT_MEMORY_BUDGET = 8 << 30  # bytes of RAM `auto` lets an index take when no --memory-budget is given
 
 
 def hnsw_bytes(n: int, dim: int, m: int = HNSW_M) -> int:
@@ -40,27 +40,20 @@ def hnsw_bytes(n: int, dim: int, m: int = HNSW_M) -> int:
     return n * (4 * dim + 8 * m + 8)
 
 
-def choose_kind(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> str:
-    """The kind `auto` means for a collection of `n` vectors."""
-    if n < FLAT_MAX_ITEMS:
-        return "flat"
-    if hnsw_bytes(n, dim) <= memory_budget:
-        return "hnsw"
-    return "ivfpq"
-
-
-def default_params(kind: str, n: int, dim: int) -> dict[str, Any]:
-    """Build parameters for a kind, sized for `n` vectors of `dim` dimensions."""
+def default_params(kind: str, n: int, dim: int, memory_budget: int | None = None) -> dict[str, Any]:
+    """Build parameters for a kind, sized for `n` vectors of `dim` dimensions (`ondisk`: codes that fit the
+    memory budget)."""
     if kind == "flat":
         return {}
     if kind == "hnsw":
         return {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
     if kind == "ivfpq":
         # nlist ≈ 4·√n rounded to a power of two (autofaiss), but at least 39 training points per list.
-        nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
-        nlist = max(1, min(nlist, n // 39))
+        nlist = nlist_for(n)
         pq_m = next((m for m in (64, 48, 32, 24, 16, 8, 4, 2, 1) if m <= max(1, dim // 4) and dim % m == 0), 1)
         return {"nlist": nlist, "pq_m": pq_m, "nbits": 8, "refine": "SQ8"}
+    if kind == "ondisk":
+        return {"nlist": nlist_for(n), "codes": ondisk_codes(n, dim, memory_budget)}
     raise UserError(f"unknown index kind {kind!r}: use auto, {', '.join(KINDS)}")
 
 
@@ -73,6 +66,8 @@ def factory_string(kind: str, params: dict[str, Any]) -> str:
     if kind == "ivfpq":
         refine = f",Refine({params['refine']})" if params.get("refine") else ""
         return f"IDMap2,IVF{params['nlist']},PQ{params['pq_m']}x{params['nbits']}{refine}"
+    if kind == "ondisk":  # no IDMap2: IVF lists store the item ids themselves (no 48 B/vector id maps in RAM)
+        return f"IVF{params['nlist']}_HNSW{HNSW_M},{params['codes']}"
     raise UserError(f"unknown index kind {kind!r}: use auto, {', '.join(KINDS)}")
 
 
@@ -81,10 +76,14 @@ def new_index(kind: str, dim: int, params: dict[str, Any]) -> faiss.IndexIDMap2:
     index = faiss.index_factory(dim, factory_string(kind, params), faiss.METRIC_INNER_PRODUCT)
     if kind == "hnsw":
         inner(index).hnsw.efConstruction = int(params["efConstruction"])
-    if kind == "ivfpq":
+    if kind in ("ivfpq", "ondisk"):
         # Polysemous code ordering only serves Hamming-threshold search, which we do not use, and its
         # annealing dominates training time (seconds per sub-quantizer).
-        ivf_of(index).do_polysemous_training = False
+        ivf = faiss.downcast_index(ivf_of(index))
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            ivf.do_polysemous_training = False
+        if kind == "ondisk":
+            ivf.cp.niter = 10  # k-means on millions of points: 10 iterations reach nearly the same recall as 25
     return index
 
 
@@ -95,6 +94,8 @@ def inner(index: faiss.Index) -> faiss.Index:
 
 def ivf_of(index: faiss.Index) -> faiss.IndexIVF:
     """The IVF layer of an `ivfpq` index (below the refine step), as its real class (IndexIVFPQ)."""
+    if not isinstance(faiss.downcast_index(index), faiss.IndexIDMap2):
+        return faiss.extract_index_ivf(index)
     core = inner(index)
     if isinstance(core, faiss.IndexRefine):
         core = faiss.downcast_index(core.base_index)
@@ -121,8 +122,13 @@ def set_search_params(index: faiss.Index, kind: str, params: dict[str, Any]) -> 
     left out keep FAISS's defaults."""
     if kind == "hnsw" and "efSearch" in params:
         inner(index).hnsw.efSearch = int(params["efSearch"])
-    if kind == "ivfpq" and "nprobe" in params:
+    if kind in ("ivfpq", "ondisk") and "nprobe" in params:
         ivf_of(index).nprobe = int(params["nprobe"])
+    if kind == "ondisk":
+        # The HNSW coarse quantizer must explore at least nprobe centroids to return nprobe good lists.
+        quantizer = faiss.downcast_index(ivf_of(index).quantizer)
+        quantizer.hnsw.efSearch = max(64, 2 * int(params.get("nprobe", 1)))
+        return
     core = inner(index)
     if kind == "ivfpq" and "k_factor" in params and isinstance(core, faiss.IndexRefine):
         core.k_factor = float(params["k_factor"])

@@ -11,21 +11,36 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from retrieval.errors import UserError
+from retrieval.index.budget import kind_bytes
 from retrieval.index.collection import Collection
 from retrieval.index.factory import index_ids
 from retrieval.index.filters import MetadataFilter
 from retrieval.index.io import atomic_write_bytes, read_index, remove_stale_temps, serialize
-from retrieval.index.manifest import IMAGES, STORE, Manifest, read_manifest, write_manifest
+from retrieval.index.manifest import IMAGES, STORE, CollectionInfo, Manifest, read_manifest, write_manifest
+from retrieval.index.ondisk import (
+    DiskCollection,
+    check_free_space,
+    generation_files,
+    generation_of,
+    lists_bytes,
+    remove_unreferenced,
+    write_generation,
+)
 from retrieval.store import MODALITIES, Item, ItemStore, NewItem, utc_now
 
 log = logging.getLogger(__name__)
+
+COMPACT_FRACTION = 0.05  # ondisk: compact once the delta plus tombstones exceed this share of the base
+COMPACT_MIN_CHANGES = 10_000  # ... and at least this many (a small index is not rewritten for every add)
 
 
 class ReadOnlyIndexError(Exception):
@@ -54,6 +69,7 @@ class IndexDir:
         self.read_only = mmap
         self._lock = threading.Lock()  # FAISS: adds and removes must not overlap searches
         self._snapshot_lock = threading.Lock()
+        self._writes = threading.Lock()  # store commit + index update in commit order (ondisk watermarks rely on it)
         self._dirty = False
         for stale in remove_stale_temps(self.path) + remove_stale_temps(self.path / IMAGES):
             log.info("removed an unfinished temp file: %s", stale)
@@ -72,6 +88,8 @@ class IndexDir:
         path = self.path / info.file
         if not path.is_file():
             raise UserError(f"{path} not found: the index folder is incomplete")
+        if info.kind == "ondisk":
+            return self._open_ondisk(modality, info)
         store_ids = self.store.ids(modality)
         index = read_index(path, mmap=mmap)
         held = index_ids(index)
@@ -89,6 +107,46 @@ class IndexDir:
             if mmap:
                 collection = Collection(modality, read_index(path, mmap=True), info.kind, info.search_params)
         return collection
+
+    def _open_ondisk(self, modality: str, info: CollectionInfo) -> DiskCollection:
+        """Map the base generation, replay the store's newer rows into the delta and its newer deletions as
+        tombstones (cost: the changes since the last compaction, not the collection)."""
+        if not self.read_only:
+            remove_unreferenced(self.path, modality, info.file)
+        collection = DiskCollection(modality, self.path, info.file, info.search_params)
+        collection.seen_id = int(info.max_id or 0)
+        collection.seen_deletion = int(info.deletions_seq)
+        self._replay(collection)
+        log.info("%s: base %d vectors (%s), %d newer items replayed from the store, %d tombstones", modality,
+                 collection.index.ntotal, info.file, collection.delta.ntotal, len(collection.tombstones))
+        return collection
+
+    def _replay(self, collection: DiskCollection) -> None:
+        """Bring an ondisk collection up to the store: rows above `seen_id`, deletions after `seen_deletion`."""
+        newest = self.store.last_id()
+        for ids, vectors in self.store.iter_embeddings(collection.modality, after=collection.seen_id):
+            collection.add(vectors, ids[ids <= newest])
+        dead, collection.seen_deletion = self.store.deletions_since(collection.modality, collection.seen_deletion)
+        collection.remove(dead[dead <= collection.seen_id])
+        collection.seen_id = max(collection.seen_id, newest)
+
+    def refresh(self) -> None:
+        """Read-only replicas: follow the primary's writes (new rows and deletions in the shared store) and
+        its compactions (a new generation named in the manifest)."""
+        manifest = read_manifest(self.path)
+        for modality, info in manifest.collections.items():
+            current = self.collections[modality]
+            if not isinstance(current, DiskCollection):
+                continue
+            if info.file != current.file:
+                self.manifest.collections[modality] = info
+                fresh = self._open_ondisk(modality, info)
+                with self._lock:
+                    self.collections[modality] = fresh
+                continue
+            with self._lock:
+                self._replay(current)
+        self._counts = {m: self.store.count(m) for m in MODALITIES}
 
     def search(
         self, modality: str, queries: np.ndarray, k: int, wait: bool = True, allowed: np.ndarray | None = None
@@ -140,6 +198,10 @@ class IndexDir:
         """Store (committed) then index items; returns their ids once both are done."""
         if self.read_only:
             raise ReadOnlyIndexError("the index is memory-mapped read-only (started with mmap); writes are disabled")
+        with self._writes:
+            return self._add(items)
+
+    def _add(self, items: list[NewItem]) -> list[int]:
         ids = self.store.add(items)
         for modality in MODALITIES:
             self.filters.update(modality, added=[(i, it.metadata) for i, it in zip(ids, items, strict=True)
@@ -158,8 +220,10 @@ class IndexDir:
         """Remove an item from the store (committed) and the index; None when there is no such id."""
         if self.read_only:
             raise ReadOnlyIndexError("the index is memory-mapped read-only (started with mmap); writes are disabled")
-        item = self.store.delete(item_id)
-        if item is not None:
+        with self._writes:
+            item = self.store.delete(item_id)
+            if item is None:
+                return None
             self.filters.update(item.modality, removed=[item_id])
             with self._lock:
                 self.collections[item.modality].remove(np.asarray([item_id], np.int64))
@@ -203,7 +267,7 @@ class IndexDir:
             with self._lock:
                 if not (self._dirty or force):
                     return False
-                blobs = {m: serialize(c.index) for m, c in self.collections.items()}
+                blobs = {m: serialize(c.index) for m, c in self.collections.items() if not isinstance(c, DiskCollection)}
                 counts = dict(self._counts)
                 self._dirty = False
             for modality, blob in blobs.items():
@@ -212,10 +276,71 @@ class IndexDir:
                 self.manifest.collections[modality].count = count
             self.manifest.updated = utc_now()
             write_manifest(self.path, self.manifest)
+        for modality, collection in self.collections.items():
+            if isinstance(collection, DiskCollection) and self._needs_compaction(collection):
+                self.compact(modality)
         return True
+
+    @staticmethod
+    def _needs_compaction(collection: DiskCollection) -> bool:
+        changes = collection.delta.ntotal + len(collection.tombstones)
+        return changes >= max(COMPACT_MIN_CHANGES, COMPACT_FRACTION * collection.index.ntotal)
+
+    def compact(self, modality: str) -> dict[str, Any]:
+        """ondisk: write the next generation (base + delta − tombstones) while searches go on, then swap it in.
+
+        Only the freeze and the swap hold the index lock (milliseconds); adds arriving meanwhile go to a fresh
+        delta. Returns what was merged and how long it took."""
+        if self.read_only:
+            raise ReadOnlyIndexError("the index is memory-mapped read-only (started with mmap); writes are disabled")
+        collection = self.collections[modality]
+        if not isinstance(collection, DiskCollection):
+            raise UserError(f"{modality}: only the ondisk kind is compacted (other kinds rebuild at start-up)")
+        start = time.perf_counter()
+        with self._writes, self._lock:
+            sources, dead = collection.freeze()
+            # Writes are held, so every committed item is in base or delta, every deletion a tombstone.
+            watermark = self.store.last_id()
+            seen_deletion = self.store.deletions_since(modality, 2**62)[1]
+            old = collection.file
+        merged = sum(s.ntotal for s in sources)
+        try:
+            check_free_space(self.path, lists_bytes(merged, collection.trained), f"compacting the {modality} index")
+            file = write_generation(self.path, modality, generation_of(old) + 1, collection.trained, sources, dead)
+        except BaseException:
+            with self._lock:
+                collection.abort()
+            raise
+        del sources
+        with self._lock:
+            collection.swap(file, dead)
+            collection.seen_id, collection.seen_deletion = watermark, seen_deletion
+            info = self.manifest.collections[modality]
+            info.file, info.max_id, info.deletions_seq = file, watermark, seen_deletion
+            info.count = self._counts[modality]
+            self.manifest.updated = utc_now()
+            write_manifest(self.path, self.manifest)
+        for name in generation_files(modality, generation_of(old)):
+            (self.path / name).unlink(missing_ok=True)
+        report = {"modality": modality, "vectors": int(collection.index.ntotal), "dropped": len(dead),
+                  "seconds": round(time.perf_counter() - start, 2), "file": file}
+        log.info("compacted: %s", report)
+        return report
 
     def _write_snapshot(self, modality: str, blob: np.ndarray) -> None:
         atomic_write_bytes(self.path / self.manifest.collections[modality].file, blob)
+
+    def resident_bytes(self) -> int:
+        """What the indexes need in RAM for full speed (ondisk: the list files, mapped; see `budget`)."""
+        total = 0
+        for modality, collection in self.collections.items():
+            if isinstance(collection, DiskCollection):
+                lists = generation_files(modality, generation_of(collection.file))[1]
+                code_size = faiss.extract_index_ivf(collection.delta).code_size
+                total += (self.path / lists).stat().st_size + collection.delta.ntotal * (code_size + 8)
+            else:
+                total += kind_bytes(collection.kind, self._counts[modality], self.dim)
+        return total
 
     def info(self) -> dict[str, Any]:
         """What `/v1/info` reports about the index."""
@@ -231,6 +356,7 @@ class IndexDir:
                     "search_params": c.search_params,
                     "recall_at_10": self.manifest.collections[m].recall_at_10,
                     "deleted_pending_rebuild": len(c.tombstones),
+                    **({"delta": c.delta.ntotal, "file": c.file} if isinstance(c, DiskCollection) else {}),
                 }
                 for m, c in self.collections.items()
             },

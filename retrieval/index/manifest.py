@@ -27,6 +27,11 @@ class CollectionInfo:
     count: int
     recall_at_10: float | None  # against exact search, on the probe the parameters were tuned with
     file: str
+    # `ondisk` kind only: the snapshot holds the store's items with ids ≤ max_id, less those deleted up to
+    # deletion number `deletions_seq`; newer adds and deletes are replayed from the store at start-up.
+    max_id: int | None = None
+    deletions_seq: int = 0
+    build_stats: dict[str, Any] = field(default_factory=dict)  # build_s, total_s, add_vectors_per_s (ondisk)
 
 
 @dataclass

@@ -55,10 +55,19 @@ def make_probe(
         parts.append(np.asarray(other[np.sort(rng.choice(len(other), n_other, replace=False))], np.float32))
         exclude.append(np.full(n_other, -1, np.int64))
     queries, excluded = np.concatenate(parts), np.concatenate(exclude).astype(np.int64)
-    exact = faiss.IndexIDMap2(faiss.IndexFlatIP(queries.shape[1]))
-    exact.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(ids, np.int64))
-    _, found = exact.search(queries, k + 1)
-    return Probe(queries, excluded, _drop_excluded(found, excluded, k), k)
+    return Probe(queries, excluded, _drop_excluded(exact_search(queries, vectors, ids, k + 1), excluded, k), k)
+
+
+def exact_search(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int, chunk: int = 200_000) -> np.ndarray:
+    """Exact inner-product top-k ids, streamed over `vectors` in chunks (a memory map of ten million rows is
+    never copied whole): FAISS's `knn_ground_truth`."""
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    blocks = (np.ascontiguousarray(vectors[i : i + chunk], np.float32) for i in range(0, len(vectors), chunk))
+    _, rows = knn_ground_truth(np.ascontiguousarray(queries, np.float32), blocks, k,
+                               metric_type=faiss.METRIC_INNER_PRODUCT)
+    ids = np.asarray(ids, np.int64)
+    return np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
 
 
 def _drop_excluded(found: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
@@ -86,6 +95,9 @@ def candidate_settings(collection: Collection) -> list[dict[str, Any]]:
     """Search settings from cheapest to most thorough."""
     if collection.kind == "hnsw":
         return [{"efSearch": ef} for ef in EF_SEARCH_GRID]
+    if collection.kind == "ondisk":
+        nlist = collection.nlist
+        return [{"nprobe": p} for p in sorted({min(nlist, 2**i) for i in range(0, int(np.log2(max(1, nlist))) + 2)})]
     if collection.kind == "ivfpq":
         nlist = ivf_of(collection.index).nlist
         nprobes = sorted({min(nlist, 2**i) for i in range(0, int(np.log2(max(1, nlist))) + 2)})

@@ -18,7 +18,7 @@ from retrieval.store import ItemStore
 def test_auto_kind_follows_size_and_memory():
     assert choose_kind(FLAT_MAX_ITEMS - 1, 512) == "flat"
     assert choose_kind(FLAT_MAX_ITEMS, 512) == "hnsw"
-    assert choose_kind(5_000_000, 512, memory_budget=1 << 30) == "ivfpq"
+    assert choose_kind(5_000_000, 512, memory_budget=1 << 30) == "ondisk"
 
 
 def test_flat_index_dir_layout_and_contents(tmp_path):
