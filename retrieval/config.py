@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from retrieval.errors import UserError
+from retrieval.losses import LOSSES
 
 
 class _Loader(yaml.SafeLoader):
@@ -105,6 +106,7 @@ _CHOICES = {
     ("data", "format"): ("karpathy", "csv"),
     ("data", "captions"): ("random", "all"),
     ("training", "method"): ("bp", "local"),
+    ("training", "loss"): LOSSES,
     ("training", "precision"): ("auto", "fp32", "bf16"),
     ("training", "local_head"): ("random", "learned", "mlp"),
 }
@@ -129,6 +131,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
             raise UserError(f"config key training.{key} must be a positive integer, got {train[key]!r}")
     if train["batch_size"] % train["accum_steps"]:
         raise UserError("training.batch_size must be divisible by training.accum_steps")
+    if train["loss"] == "siglip" and train["method"] == "local":
+        raise UserError("training.loss=siglip is for training.method=bp: ENN-ℓ trains every stage on the softmax "
+                        "CLIP loss (set training.loss=clip)")
 
 
 def save_config(cfg: Mapping[str, Any], path: str | Path) -> None:

@@ -23,6 +23,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 
 import enn
 from retrieval.errors import UserError
+from retrieval.losses import with_loss_init
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def build_towers(
     elif section.get("pretrained"):
         model, model_cfg, preprocess_overrides = _load_pretrained(section)
     else:
-        model_cfg = open_clip_model_cfg(section)
+        model_cfg = with_loss_init(open_clip_model_cfg(section), cfg["training"]["loss"])  # siglip: logit_bias
         model = _create_open_clip(model_cfg, pretrained_text=True)
         preprocess_overrides = {}
     image_size = model_cfg["vision_cfg"].get("image_size", 224)

@@ -87,7 +87,7 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv)
             setup.run.truncate_metrics(progress.step)  # steps after last.pt are redone and logged again
     forward = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None) \
         if env.distributed else model
-    loss_fn = build_loss(env)
+    loss_fn = build_loss(env, str(train_cfg["loss"]))
     max_steps = train_cfg["max_steps"]
     stop_at = min(total_steps, int(max_steps)) if max_steps else total_steps
     log_every = max(1, int(train_cfg["log_every_steps"]))
@@ -112,6 +112,8 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv)
                     **window.flush(batch_size),
                     "lr": result.lr,
                     "temperature": math.exp(-float(model.logit_scale.detach())),
+                    **({"logit_bias": float(model.logit_bias.detach())}
+                       if getattr(model, "logit_bias", None) is not None else {}),  # training.loss=siglip
                     "grad_norm": result.grad_norm,
                 })
                 bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")

@@ -95,6 +95,10 @@ def check_resumable(payload: dict[str, Any], config: dict[str, Any], path: Path)
                 f"--resume: the config's `{section}` section differs from the one {path} was trained with "
                 "(resume with the run's own config.yaml, changing only training keys)"
             )
+    loss = saved.get("training", {}).get("loss", "clip")  # the loss decides whether the model has a logit_bias
+    if loss != config["training"]["loss"]:
+        raise UserError(f"--resume: {path} was trained with training.loss={loss}, the config says "
+                        f"{config['training']['loss']} (a run keeps its loss)")
     if "progress" not in payload or "optimizer" not in payload:
         raise UserError(f"--resume: {path} holds no training state (not written by `retrieval train`)")
 

@@ -1,6 +1,7 @@
-"""One optimizer step of contrastive training: open_clip's ClipLoss (+ ENN penalty), clipping, temperature clamp.
+"""One optimizer step of contrastive training: open_clip's ClipLoss or SigLipLoss (+ ENN penalty), clipping,
+temperature clamp.
 
-Gradient accumulation: each micro-batch's InfoNCE uses only its own (global, across ranks) negatives; the
+Gradient accumulation: each micro-batch's loss uses only its own (global, across ranks) negatives; the
 micro-batch losses are averaged and their gradients summed before one optimizer step. With
 `accum_steps = 1` the loss sees the whole global batch, which is what the contrastive objective prefers;
 accumulation only trades memory for fewer negatives per loss term.
@@ -9,28 +10,41 @@ accumulation only trades memory for fewer negatives per loss term.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from open_clip.loss import ClipLoss
+import torch.distributed as dist
+from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 from torch.nn.utils import parametrize
 
 import enn
 from retrieval.device import autocast
+from retrieval.errors import UserError
+from retrieval.losses import check_loss
 from retrieval.train.distributed import DistEnv
 
+log = logging.getLogger(__name__)
 
-def build_loss(env: DistEnv) -> ClipLoss:
-    """open_clip's symmetric InfoNCE; under DDP each rank sees the global batch (gathered with gradients).
+ContrastiveLoss = ClipLoss | SigLipLoss
 
-    With `gather_with_grad=True` and `local_loss=False` every rank computes the full global loss and the
-    all-gather's backward sums the feature gradients from all ranks; DDP then averages parameter
+
+def build_loss(env: DistEnv, loss: str = "clip") -> ContrastiveLoss:
+    """open_clip's loss for `training.loss` (clip | siglip); under DDP it covers the global batch.
+
+    clip: with `gather_with_grad=True` and `local_loss=False` every rank computes the full global loss and
+    the all-gather's backward sums the feature gradients from all ranks; DDP then averages parameter
     gradients, so the update equals a single process on the global batch.
+    siglip: each rank scores its own images against every rank's texts (SigLipLoss passes the text
+    features round the ranks, with gradients), so rank r's loss is its 1/world_size share of the global
+    sum; DDP's gradient average is then again the single-process gradient on the global batch.
     """
+    if check_loss(loss) == "siglip":
+        return SigLipLoss(rank=env.rank, world_size=env.world_size)
     return ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=env.rank, world_size=env.world_size)
 
 
@@ -42,7 +56,14 @@ def penalty_weight(enn_cfg: Mapping[str, Any]) -> float:
 
 
 def set_temperature(model: nn.Module, temperature: float) -> None:
-    """Start the learnable temperature at `temperature` (logit_scale = ln(1/temperature))."""
+    """Start the learnable temperature at `temperature` (logit_scale = ln(1/temperature)): the softmax loss's
+    start. A model built for SigLIP (it has a `logit_bias`) keeps open_clip's SigLIP start instead (scale
+    10, bias −10; retrieval.losses)."""
+    if getattr(model, "logit_bias", None) is not None:
+        log.info("training.loss=siglip: logit_scale starts at %.3f and logit_bias at %.1f (open_clip's SigLIP "
+                 "init); training.init_temperature is not used", float(model.logit_scale.detach()),
+                 float(model.logit_bias.detach()))
+        return
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1.0 / temperature))
 
@@ -65,21 +86,42 @@ class StepResult:
 
 
 def forward_loss(
-    model: nn.Module, loss_fn: ClipLoss, images: torch.Tensor, tokens: torch.Tensor
+    model: nn.Module, loss_fn: ContrastiveLoss, images: torch.Tensor, tokens: torch.Tensor
 ) -> torch.Tensor:
-    """InfoNCE of one (micro-)batch through `model` (a CLIP, possibly DDP-wrapped)."""
+    """The contrastive loss of one (micro-)batch through `model` (a CLIP, possibly DDP-wrapped).
+
+    SigLipLoss also takes the model's learnable logit bias (open_clip's CLIP returns it as a 4th output).
+    """
     out = model(images, tokens)
     if isinstance(out, dict):
-        return loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-    image_features, text_features, logit_scale = out[:3]
-    return loss_fn(image_features, text_features, logit_scale)
+        features = out["image_features"], out["text_features"], out["logit_scale"]
+        logit_bias = out.get("logit_bias")
+    else:
+        features, logit_bias = out[:3], out[3] if len(out) > 3 else None
+    if isinstance(loss_fn, SigLipLoss):
+        if logit_bias is None:
+            raise UserError("training.loss=siglip needs a model with a learnable logit_bias and this one has none "
+                            "(a model.pretrained softmax-CLIP model: fine-tune it with training.loss=clip)")
+        return loss_fn(*features, logit_bias)
+    return loss_fn(*features)
+
+
+def reported_loss(loss: torch.Tensor, loss_fn: ContrastiveLoss, env: DistEnv) -> float:
+    """The global batch's loss value for the log: SigLipLoss gives each rank only its share, so average
+    them (the mean of the rank shares is the single-process loss); ClipLoss is global on every rank."""
+    value = loss.detach().float()
+    if isinstance(loss_fn, SigLipLoss) and env.distributed:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= env.world_size
+    return float(value)
 
 
 def train_step(
     model: nn.Module,
     core: nn.Module,
     micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    loss_fn: ClipLoss,
+    loss_fn: ContrastiveLoss,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     cfg: Mapping[str, Any],
@@ -106,7 +148,7 @@ def train_step(
                 contrastive = forward_loss(model, loss_fn, images, tokens)
             penalty = enn.orthogonality_loss(core) if lam else contrastive.new_zeros(())
             ((contrastive + lam * penalty) / n).backward()
-        contrastive_sum += float(contrastive.detach())
+        contrastive_sum += reported_loss(contrastive, loss_fn, env)
         penalty_sum += float(penalty.detach())
     clip = train_cfg["grad_clip"]
     params = [p for p in core.parameters() if p.grad is not None]
