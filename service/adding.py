@@ -1,25 +1,28 @@
 """Adding items (POST /v1/items): all or nothing per request, every bad item reported.
 
 A request is checked whole before anything is stored: texts by their model (each blank text is one error),
-images by decoding every file (each unreadable file is one error). Any error → the request is refused with
-the list (`InvalidItems`), and nothing of it is added; otherwise the items are embedded and committed in one
-store transaction, so a crash adds all of them or none.
+precomputed embeddings like a search's (dimension, finite, not zero: each bad one is one error), images by
+decoding every file (each unreadable file is one error). Any error → the request is refused with the list
+(`InvalidItems`), and nothing of it is added; otherwise the items are embedded (those without an embedding)
+and committed in one store transaction, so a crash adds all of them or none. Precomputed embeddings are taken
+to come from the served model: nothing can check that (see the `embedding` field's description).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from retrieval.store import NewItem
 from service.deps import check_count
-from service.engine import Engine, Upload
+from service.engine import Engine, Upload, unit_vector
 from service.forms import Form
 from service.images import ImageRejected
-from service.schemas import AddItemsResponse, AddTextsRequest, ItemError
+from service.schemas import AddItemsRequest, AddItemsResponse, ItemError, NewItemBody
 
 
 class InvalidItems(Exception):
@@ -37,18 +40,45 @@ class InvalidItems(Exception):
         return f"{len(self.errors)} invalid item(s), nothing was added: {listed}{more}"
 
 
-async def add_texts(engine: Engine, payload: Any) -> AddItemsResponse:
-    """Texts from a JSON body `{"texts": [...], "metadata": [...]}`."""
+async def add_json(engine: Engine, payload: Any) -> AddItemsResponse:
+    """A JSON body: `{"texts": [...], "metadata": [...]}`, or `{"items": [...]}` (each item optionally with a
+    precomputed embedding)."""
     try:
-        body = AddTextsRequest.model_validate(payload)
+        body = AddItemsRequest.model_validate(payload)
     except ValidationError as err:
         raise RequestValidationError(err.errors()) from None
-    check_count(len(body.texts), engine.settings.max_items_per_request, "items")
+    check_count(body.count, engine.settings.max_items_per_request, "items")
+    if body.items is not None:
+        return await _add_items(engine, body.items)
     metadata = body.metadata or [{} for _ in body.texts]
     if len(metadata) != len(body.texts):
         raise HTTPException(422, f"metadata has {len(metadata)} entries for {len(body.texts)} texts (give one per text)")
     vectors, truncated = await engine.embed_texts(body.texts)
     items = [NewItem("text", v, text, None, meta) for v, text, meta in zip(vectors, body.texts, metadata, strict=True)]
+    return AddItemsResponse(ids=await engine.add(items), truncated=truncated)
+
+
+async def _add_items(engine: Engine, entries: list[NewItemBody]) -> AddItemsResponse:
+    """Items of the `items` form: given embeddings are checked like a search's (every bad one listed), the
+    texts without one are encoded, then all are committed together."""
+    vectors: list[np.ndarray | None] = [None] * len(entries)
+    errors = []
+    for k, entry in enumerate(entries):
+        if entry.embedding is not None:
+            try:
+                vectors[k] = unit_vector(entry.embedding, engine.index.dim)
+            except ValueError as err:
+                errors.append(ItemError(field=f"items[{k}].embedding", detail=str(err)))
+    if errors:
+        raise InvalidItems(422, errors)
+    truncated = [False] * len(entries)
+    to_encode = [k for k, vector in enumerate(vectors) if vector is None]  # text items only (the model checked)
+    if to_encode:
+        encoded, flags = await engine.embed_texts([entries[k].text for k in to_encode])
+        for k, vector, flag in zip(to_encode, encoded, flags, strict=True):
+            vectors[k], truncated[k] = vector, flag
+    items = [NewItem(e.modality, vector, e.text if e.modality == "text" else e.caption, e.uri, e.metadata or {})
+             for e, vector in zip(entries, vectors, strict=True)]
     return AddItemsResponse(ids=await engine.add(items), truncated=truncated)
 
 

@@ -64,7 +64,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     for module in (health, info, embed, search, items, clip_compat, web):
         app.include_router(module.router)
     web.mount_static(app)
-    openapi.install(app)
+    openapi.install(app, components=items.COMPONENTS)
     _add_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AdmissionLimit, max_inflight=settings.max_inflight)  # before reading any body

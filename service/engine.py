@@ -120,17 +120,11 @@ class Engine:
         return await self.image_batcher.submit([u.pixels for u in uploads])
 
     def query_vector(self, embedding: list[float]) -> np.ndarray:
-        """A raw query embedding, checked (dimension, finite, non-zero) and L2-normalised."""
-        vector = np.asarray(embedding, dtype=np.float64)
-        if vector.ndim != 1 or len(vector) != self.index.dim:
-            raise HTTPException(422, f"embedding has {vector.size} values; this index needs {self.index.dim}")
-        if not np.isfinite(vector).all():
-            raise HTTPException(422, "embedding contains NaN or infinite values")
-        scale = float(np.max(np.abs(vector)))
-        if scale == 0.0:
-            raise HTTPException(422, "embedding is the zero vector")
-        vector = vector / scale  # before squaring: values near the float limits would overflow
-        return (vector / np.linalg.norm(vector)).astype(np.float32)
+        """A raw query embedding, checked (dimension, finite, non-zero) and L2-normalised (422 otherwise)."""
+        try:
+            return unit_vector(embedding, self.index.dim)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
 
     async def search(
         self, vector: np.ndarray, target: str, k: int, offset: int = 0, allowed: np.ndarray | None = None,
@@ -181,6 +175,21 @@ class Engine:
     async def delete(self, item_id: int) -> Item | None:
         """Durably delete an item."""
         return await self._on_index(self.index.delete, item_id)
+
+
+def unit_vector(embedding: list[float], dim: int) -> np.ndarray:
+    """A raw embedding (a query's or an item's), L2-normalised float32; ValueError saying what is wrong with it
+    (dimension, NaN or infinite values, the zero vector)."""
+    vector = np.asarray(embedding, dtype=np.float64)
+    if vector.ndim != 1 or len(vector) != dim:
+        raise ValueError(f"embedding has {vector.size} values; this index needs {dim}")
+    if not np.isfinite(vector).all():
+        raise ValueError("embedding contains NaN or infinite values")
+    scale = float(np.max(np.abs(vector)))
+    if scale == 0.0:
+        raise ValueError("embedding is the zero vector")
+    vector = vector / scale  # before squaring: values near the float limits would overflow
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
 def load_engine(settings: Settings) -> Engine:

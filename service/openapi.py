@@ -8,6 +8,7 @@ the model is loaded: until then `minItems` is 1 and the schema is not cached.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fastapi import FastAPI
@@ -34,13 +35,16 @@ def fill_limits(node: Any, limits: dict[str, int | None]) -> None:
         fill_limits(child, limits)
 
 
-def install(app: FastAPI) -> None:
-    """Serve the filled-in schema at /openapi.json (and to `app.openapi()` callers such as the docs generator)."""
+def install(app: FastAPI, components: dict[str, Any] | None = None) -> None:
+    """Serve the filled-in schema at /openapi.json (and to `app.openapi()` callers such as the docs generator).
+
+    `components`: schemas that hand-written request bodies (`openapi_extra`) refer to by `$ref`."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(copy.deepcopy(components or {}))
         settings, engine = app.state.settings, app.state.engine
         limits: dict[str, int | None] = {
             name: getattr(settings, name) for name in ("max_k", "max_offset", "max_texts", "max_items_per_request")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.search_schemas import (
     IMAGE_BASE64,
@@ -55,15 +55,88 @@ class EmbedResponse(BaseModel):
     truncated: list[bool] = Field(description="per input: the text was cut to the context length (always false for images)")
 
 
-class AddTextsRequest(BaseModel):
-    """Texts to add as items (JSON form of POST /v1/items; images are added as multipart)."""
+EMBEDDING_NOTE = ("a precomputed embedding of the model's dimension (normalised here), stored without running the "
+                  "encoder; it must come from the served model (the one named by `model` in GET /v1/info): the server "
+                  "cannot check that, and vectors of another model make wrong neighbours")
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-    texts: list[NonBlank] = Field(min_length=1, examples=[["a small green triangle"]],
-                                  json_schema_extra=limit("max_items_per_request", "maxItems"))
-    metadata: list[dict[str, Any]] = optional(description="one object per text, in the same order (as many as "
-                                                          "texts; an empty list is the same as none)",
+
+def _item_shapes(schema: dict[str, Any]) -> None:
+    """A text item has `text` (its `embedding` optional); an image item has `modality: image` and an `embedding`,
+    no `text` (`oneOf`)."""
+    schema["oneOf"] = [
+        {"required": ["text"], "properties": {"modality": {"const": "text"}, "caption": False, "uri": False}},
+        {"required": ["modality", "embedding"], "properties": {"modality": {"const": "image"}, "text": False}},
+    ]
+
+
+class NewItemBody(BaseModel):
+    """One item of the JSON `items` form: a text (encoded here unless `embedding` is given) or an image known by
+    its precomputed embedding (and optionally where it lives: `uri`, and its `caption`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_item_shapes)
+    modality: Target = Field("text", description="`text` (the default) or `image`")
+    text: NonBlank = optional(description="text items: the text (stored as the item's caption)")
+    caption: str = optional(description="image items: a caption shown with the results")
+    # A scheme is required: a bare path would name a file on the server, which GET /v1/items/{id}/image serves.
+    uri: str = optional(pattern=r"^[A-Za-z][A-Za-z0-9+.\-]*:", max_length=4096,
+                        description="image items: where the image lives, a URL with a scheme (`https://…`, "
+                                    "`s3://…`); stored and returned, never fetched or served by this server")
+    embedding: list[float] = optional(description=EMBEDDING_NOTE,
+                                      json_schema_extra=limit("dim", "minItems") | limit("dim", "maxItems") | NOT_ZERO)
+    metadata: dict[str, Any] = optional(description="the item's metadata (a JSON object)")
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> NewItemBody:
+        if self.modality == "text":
+            if self.text is None:
+                raise ValueError("a text item needs `text`")
+            if self.caption is not None or self.uri is not None:
+                raise ValueError("`caption` and `uri` are for image items (a text item's caption is its `text`)")
+        else:
+            if self.text is not None:
+                raise ValueError("an image item has no `text` (give `caption`)")
+            if self.embedding is None:
+                raise ValueError("an image item sent as JSON needs its `embedding` (send image files as multipart)")
+        return self
+
+
+def _json_forms(schema: dict[str, Any]) -> None:
+    """Exactly one of the two forms (`oneOf`): `texts` (+ `metadata`), or `items`."""
+    schema["oneOf"] = [
+        {"required": ["texts"], "properties": {"items": False}},
+        {"required": ["items"], "properties": {"texts": False, "metadata": False}},
+    ]
+
+
+class AddItemsRequest(BaseModel):
+    """Items to add as JSON (images as files are added as multipart): `texts` (+ `metadata`), each encoded here;
+    or `items`, each with its own fields, optionally with a precomputed `embedding` (then nothing is encoded:
+    bulk ingest of embeddings computed offline)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_json_forms)
+    texts: list[NonBlank] = optional(min_length=1, description="texts to add (the short form)",
+                                     json_schema_extra=limit("max_items_per_request", "maxItems"))
+    metadata: list[dict[str, Any]] = optional(description="with `texts`: one object per text, in the same order (as "
+                                                          "many as texts; an empty list is the same as none)",
                                               json_schema_extra=limit("max_items_per_request", "maxItems"))
+    items: list[NewItemBody] = optional(
+        min_length=1, description="items, each with its own fields; text items and image items may be mixed",
+        json_schema_extra=limit("max_items_per_request", "maxItems"),
+        examples=[[{"text": "a small green triangle", "metadata": {"shelf": 2}}, {"text": "a red circle"}]],
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> AddItemsRequest:
+        if (self.texts is None) == (self.items is None):
+            raise ValueError("give either `texts` (with optional `metadata`) or `items`, not both")
+        if self.items is not None and self.metadata is not None:
+            raise ValueError("`metadata` goes with `texts`; with `items`, give each item its own `metadata`")
+        return self
+
+    @property
+    def count(self) -> int:
+        """Items in the request."""
+        return len(self.texts if self.texts is not None else self.items)
 
 
 class MetadataPatch(BaseModel):
@@ -96,7 +169,9 @@ class AddItemsResponse(BaseModel):
     """Ids of the new items, in input order; they are durable once this response is sent."""
 
     ids: list[int]
-    truncated: list[bool] = Field(default_factory=list, description="per text item: cut to the context length")
+    truncated: list[bool] = Field(default_factory=list, description="per item of a JSON body: its text was cut to the "
+                                                                     "context length for encoding (always false for "
+                                                                     "images and items sent with an embedding)")
 
 
 class Deleted(BaseModel):

@@ -31,7 +31,9 @@ class Settings:
     max_body_bytes: int = 16 << 20
     max_image_pixels: int = 40_000_000  # width × height, checked from the header before decoding
     max_texts: int = 256  # texts or images to embed, or queries in a batch search, per request
-    max_items_per_request: int = 256  # items added by one POST /v1/items
+    # Items added by one POST /v1/items; the body limit holds too: 1000 items × 512-d embeddings written in full
+    # float precision are ~11 MB of JSON, inside max_body_bytes (beyond it: 413, send smaller requests).
+    max_items_per_request: int = 1000
     max_k: int = 1000
     max_offset: int = 10_000  # deepest search page start (a search ranks offset + k items)
     batch_max_size: int = 64  # encode work gathered into one forward pass

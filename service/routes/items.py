@@ -16,12 +16,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from retrieval.index.filters import FILTER_SCHEMA
 from retrieval.store import MAX_ID
-from service.adding import add_images, add_texts
+from service.adding import add_images, add_json
 from service.auth import require_api_key, require_read_key
 from service.deps import error_responses, get_engine
 from service.engine import Engine
 from service.forms import IMAGE_FILE, multipart_body, read_form, read_json
-from service.schemas import AddItemsResponse, AddTextsRequest, Deleted, Item, ItemList, MetadataPatch
+from service.schemas import AddItemsRequest, AddItemsResponse, Deleted, Item, ItemList, MetadataPatch
 from service.search_schemas import Filter, limit
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
@@ -36,7 +36,9 @@ _IMAGE_FIELDS = {
                  "description": "a JSON object for every file, or an array of one object per file (optional)"},
 }
 _ADD_BODY = multipart_body(_IMAGE_FIELDS, ["files"], files=("files",))
-_ADD_BODY["requestBody"]["content"]["application/json"] = {"schema": AddTextsRequest.model_json_schema()}
+_JSON_BODY = AddItemsRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+COMPONENTS = _JSON_BODY.pop("$defs", {})  # the item model: added to the served schema's components (service.openapi)
+_ADD_BODY["requestBody"]["content"]["application/json"] = {"schema": _JSON_BODY}
 _LIST_FILTER = {"parameters": [{
     "name": "filter", "in": "query", "required": False, "description": "a metadata filter, as in searches",
     "content": {"application/json": {"schema": FILTER_SCHEMA}},
@@ -63,11 +65,16 @@ async def _found(engine: Engine, item_id: int):
 @router.post("", response_model=AddItemsResponse, openapi_extra=_ADD_BODY, dependencies=[Depends(require_api_key)],
              responses=error_responses(400, 401, 403, 409, 413, 415, 422, 503, 507))
 async def add_items(request: Request, engine: Engine = Depends(get_engine)) -> AddItemsResponse:
-    """Add up to max_items_per_request texts (JSON `{"texts": [...], "metadata": [...]}`) or images (multipart
-    `files`, `captions`, `metadata`). All or nothing: any invalid item refuses the request, listing each error."""
+    """Add up to max_items_per_request items (and at most max_body_bytes of body): texts as JSON
+    (`{"texts": [...], "metadata": [...]}`), items as JSON (`{"items": [{"text": ..., "embedding": [...],
+    "metadata": {...}}, {"modality": "image", "uri": ..., "caption": ..., "embedding": [...]}]}`: an item with a
+    precomputed `embedding` is stored without running the encoder; the embedding must come from the served
+    model, see GET /v1/info's `model`), or images as multipart (`files`, `captions`, `metadata`). All or
+    nothing: any invalid item refuses the request, listing each error. The ids are returned once the items are
+    committed to the item store (durable)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
-        return await add_texts(engine, await read_json(request))
+        return await add_json(engine, await read_json(request))
     if kind == "multipart/form-data":
         form = await read_form(request, "files", engine.settings.max_items_per_request, ("captions", "metadata"))
         return await add_images(engine, form)

@@ -1,4 +1,5 @@
-"""kill -9 in the middle of a stream of adds loses no acknowledged item and leaves nothing half-written."""
+"""kill -9 in the middle of a stream of adds (single texts and images, or bulk precomputed embeddings) loses no
+acknowledged item and leaves nothing half-written."""
 
 from __future__ import annotations
 
@@ -64,6 +65,71 @@ def _stream(url: str, acked: dict[int, tuple[str, object]], stop: threading.Even
                 return
             if response.status_code == 200:
                 acked[response.json()["ids"][0]] = (kind, payload)
+
+
+def _bulk_stream(url: str, acked: dict[int, tuple[str, list[float]]], stop: threading.Event, seed: int) -> None:
+    """Add 200 items with precomputed embeddings per request (images and texts mixed), recording every
+    acknowledged id with its caption and embedding, until the server dies."""
+    rng = np.random.default_rng(seed)
+    with httpx.Client(base_url=url, headers=AUTH, timeout=10) as http:
+        while not stop.is_set():
+            vectors = rng.standard_normal((200, 32))
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            captions = [f"bulk {seed}-{rng.integers(1 << 40)}" for _ in vectors]
+            items = [{"modality": "image", "caption": c, "uri": f"s3://bucket/{c}.jpg", "embedding": v.tolist()}
+                     if k % 2 else {"text": c, "embedding": v.tolist()}
+                     for k, (c, v) in enumerate(zip(captions, vectors, strict=True))]
+            try:
+                response = http.post("/v1/items", json={"items": items})
+            except httpx.HTTPError:
+                return
+            if response.status_code == 200:
+                for item, item_id in zip(items, response.json()["ids"], strict=True):
+                    acked[item_id] = (item.get("text", item.get("caption")), item["embedding"])
+
+
+@pytest.mark.slow  # two server processes start (torch + model import): ~60 s on 2 busy cores
+def test_kill_9_right_after_bulk_embedding_adds_loses_no_acknowledged_item(index_dir, checkpoint, tmp_path):
+    log = tmp_path / "server.log"
+    process, url = _start(index_dir, checkpoint, log)
+    acked: dict[int, tuple[str, list[float]]] = {}
+    stop = threading.Event()
+    writers = [threading.Thread(target=_bulk_stream, args=(url, acked, stop, seed)) for seed in range(3)]
+    for writer in writers:
+        writer.start()
+    wait_until(lambda: len(acked) >= 2000, 120, "2,000 acknowledged bulk adds")
+    os.kill(process.pid, signal.SIGKILL)  # other bulk requests (and snapshots) are in flight
+    process.wait(10)
+    stop.set()
+    for writer in writers:
+        writer.join(30)
+
+    process, url = _start(index_dir, checkpoint, log)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            listed = {}
+            for modality in ("image", "text"):
+                offset = 0
+                while page := http.get("/v1/items", params={"modality": modality, "offset": offset,
+                                                            "limit": 1000}).json()["items"]:
+                    listed.update((item["id"], item) for item in page)
+                    offset += len(page)
+            for item_id, (caption, _) in acked.items():
+                assert listed[item_id]["caption"] == caption, item_id
+            for item_id, (_, vector) in list(acked.items())[::50]:  # a sample: each found as its own nearest
+                target = listed[item_id]["modality"]
+                top = http.post("/v1/search", json={"embedding": vector, "target": target, "k": 1}).json()["results"]
+                assert top[0]["id"] == item_id
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    store = ItemStore(index_dir / "items.sqlite")
+    assert store.integrity_ok()
+    stored = store.embeddings_of(list(acked))
+    np.testing.assert_allclose(stored, np.array([v for _, v in acked.values()]), atol=1e-6)
+    for modality in ("image", "text"):
+        held = np.sort(index_ids(read_index(index_dir / f"{modality}.faiss")))
+        np.testing.assert_array_equal(held, store.ids(modality))
 
 
 @pytest.mark.slow  # two server processes start (torch + model import): ~50 s on 2 busy cores
