@@ -127,45 +127,32 @@ class ItemStore:
 
     def add(self, items: Sequence[NewItem]) -> list[int]:
         """Insert items in one committed transaction; returns their new ids in order."""
-        rows = [self._row(item) for item in items]
-        created = utc_now()
-        with self._write_lock:
-            cur = self._writer.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                ids = []
-                for modality, caption, uri, metadata, blob in rows:
-                    cur.execute(
-                        "INSERT INTO items (modality, caption, uri, metadata, embedding, created) VALUES (?, ?, ?, ?, ?, ?)",
-                        (modality, caption, uri, metadata, blob, created),
-                    )
-                    ids.append(int(cur.lastrowid))
-                cur.execute("COMMIT")
-            except BaseException:
-                _rollback(cur)
-                raise
-        return ids
-
-    def _row(self, item: NewItem) -> tuple[str, str | None, str | None, str, bytes]:
-        if item.modality not in MODALITIES:
-            raise ValueError(f"modality must be image or text, not {item.modality!r}")
-        vector = np.ascontiguousarray(item.embedding, dtype=np.float32).reshape(-1)
-        if vector.shape[0] != self.dim:
-            raise ValueError(f"embedding has {vector.shape[0]} dimensions, the store holds {self.dim}")
-        return item.modality, item.caption, item.uri, json.dumps(item.metadata), vector.tobytes()
+        for item in items:
+            if item.modality not in MODALITIES:
+                raise ValueError(f"modality must be image or text, not {item.modality!r}")
+            if np.size(item.embedding) != self.dim:
+                raise ValueError(f"embedding has {np.size(item.embedding)} dimensions, the store holds {self.dim}")
+        vectors = np.empty((len(items), self.dim), np.float32)
+        for row, item in zip(vectors, items, strict=True):
+            row[:] = np.asarray(item.embedding).reshape(-1)
+        rows = ((item.modality, item.caption, item.uri, _json(item.metadata), vector.tobytes())
+                for item, vector in zip(items, vectors, strict=True))
+        return self._insert(rows, len(items)).tolist()
 
     def add_rows(self, modality: str, vectors: np.ndarray, captions: Sequence[str | None],
                  uris: Sequence[str | None], metadata: Sequence[dict[str, Any]]) -> np.ndarray:
-        """Bulk insert (index builds): one committed transaction, `executemany`; returns the new ids (int64).
-
-        AUTOINCREMENT ids of one transaction under the write lock are consecutive, so they are read from
-        `sqlite_sequence` instead of one `lastrowid` per row."""
+        """Bulk insert of one modality (index builds): one committed transaction; returns the new ids (int64)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if modality not in MODALITIES or vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"add_rows: {modality} rows of {vectors.shape[1:]} values, the store holds {self.dim}")
+        rows = ((modality, c, u, _json(m), v.tobytes()) for c, u, m, v in zip(captions, uris, metadata, vectors, strict=True))
+        return self._insert(rows, len(vectors))
+
+    def _insert(self, rows: Iterator[tuple[str, str | None, str | None, str, bytes]], n: int) -> np.ndarray:
+        """(modality, caption, uri, metadata JSON, embedding bytes) rows in one committed transaction with
+        `executemany`; returns their ids (int64). AUTOINCREMENT ids of one transaction under the write lock are
+        consecutive, so they are read from `sqlite_sequence` instead of one `lastrowid` per row."""
         created = utc_now()
-        rows = ((modality, c, u, json.dumps(m), v.tobytes(), created)
-                for c, u, m, v in zip(captions, uris, metadata, vectors, strict=True))
         with self._write_lock:
             cur = self._writer.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -173,15 +160,15 @@ class ItemStore:
                 first = self._last_id(cur) + 1
                 cur.executemany(
                     "INSERT INTO items (modality, caption, uri, metadata, embedding, created) VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
+                    (row + (created,) for row in rows),
                 )
                 last = self._last_id(cur)
                 cur.execute("COMMIT")
             except BaseException:
                 _rollback(cur)
                 raise
-        if last - first + 1 != len(vectors):
-            raise RuntimeError(f"item store: {len(vectors)} rows inserted as ids {first}..{last}")
+        if last - first + 1 != n:
+            raise RuntimeError(f"item store: {n} rows inserted as ids {first}..{last}")
         return np.arange(first, last + 1, dtype=np.int64)
 
     @staticmethod
@@ -354,6 +341,10 @@ def storage_full(error: BaseException) -> bool:
     if isinstance(error, sqlite3.OperationalError):
         return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(error)
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _json(metadata: dict[str, Any]) -> str:
+    return json.dumps(metadata) if metadata else "{}"  # most bulk rows have none: skip the encoder
 
 
 def _item(row: tuple) -> Item:

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 
 from retrieval.store import NewItem
 from service.deps import check_count
-from service.engine import Engine, Upload, unit_vector
-from service.forms import Form
+from service.engine import Engine, Upload, unit_vector, unit_vectors
+from service.forms import Form, parse_json
 from service.images import ImageRejected
 from service.schemas import AddItemsRequest, AddItemsResponse, ItemError, NewItemBody
 
@@ -40,13 +40,16 @@ class InvalidItems(Exception):
         return f"{len(self.errors)} invalid item(s), nothing was added: {listed}{more}"
 
 
-async def add_json(engine: Engine, payload: Any) -> AddItemsResponse:
+async def add_json(engine: Engine, data: bytes) -> AddItemsResponse:
     """A JSON body: `{"texts": [...], "metadata": [...]}`, or `{"items": [...]}` (each item optionally with a
     precomputed embedding)."""
-    try:
-        body = AddItemsRequest.model_validate(payload)
-    except ValidationError as err:
-        raise RequestValidationError(err.errors()) from None
+    try:  # pydantic-core parses and validates in one pass: half the time of json.loads + validation (bulk adds)
+        body = AddItemsRequest.model_validate_json(data)
+    except ValidationError:  # parsed again for the messages every JSON route gives (400 for bad JSON, fields)
+        try:
+            body = AddItemsRequest.model_validate(parse_json(data))
+        except ValidationError as err:
+            raise RequestValidationError(err.errors()) from None
     check_count(body.count, engine.settings.max_items_per_request, "items")
     if body.items is not None:
         return await _add_items(engine, body.items)
@@ -62,15 +65,18 @@ async def _add_items(engine: Engine, entries: list[NewItemBody]) -> AddItemsResp
     """Items of the `items` form: given embeddings are checked like a search's (every bad one listed), the
     texts without one are encoded, then all are committed together."""
     vectors: list[np.ndarray | None] = [None] * len(entries)
-    errors = []
-    for k, entry in enumerate(entries):
-        if entry.embedding is not None:
+    given = [k for k, entry in enumerate(entries) if entry.embedding is not None]
+    checked = unit_vectors([entries[k].embedding for k in given], engine.index.dim)
+    if checked is None:
+        errors = []
+        for k in given:
             try:
-                vectors[k] = unit_vector(entry.embedding, engine.index.dim)
+                unit_vector(entries[k].embedding, engine.index.dim)
             except ValueError as err:
                 errors.append(ItemError(field=f"items[{k}].embedding", detail=str(err)))
-    if errors:
         raise InvalidItems(422, errors)
+    for k, vector in zip(given, checked, strict=True):
+        vectors[k] = vector
     truncated = [False] * len(entries)
     to_encode = [k for k, vector in enumerate(vectors) if vector is None]  # text items only (the model checked)
     if to_encode:

@@ -58,6 +58,10 @@ class Engine:
         # default (all cores) makes a single-query search spin-wait for helpers — 0.1 ms becomes ~10 ms.
         self._index_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="index",
                                               initializer=faiss.omp_set_num_threads, initargs=(1,))
+        # Writes are serialised by the index anyway (one commit at a time): they get their own thread, so that a
+        # burst of bulk adds never fills the index threads and queues searches behind them.
+        self._write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write",
+                                              initializer=faiss.omp_set_num_threads, initargs=(1,))
         self._snapshots: asyncio.Task | None = None
 
     def start(self, metrics: Metrics) -> None:
@@ -86,6 +90,7 @@ class Engine:
             if batcher is not None:
                 await batcher.stop()
         self._executor.shutdown(wait=True)
+        self._write_pool.shutdown(wait=True)
         await self._on_index(self.index.close)
         self._index_pool.shutdown(wait=True)
         self._decode_pool.shutdown(wait=True)
@@ -93,6 +98,10 @@ class Engine:
     async def _on_index(self, fn, *args):
         """Run an index call in the index threads."""
         return await asyncio.get_running_loop().run_in_executor(self._index_pool, fn, *args)
+
+    async def _on_write(self, fn, *args):
+        """Run an index write (add, delete, metadata change, image file) in the write thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._write_pool, fn, *args)
 
     async def _snapshot_loop(self) -> None:
         while True:
@@ -158,15 +167,15 @@ class Engine:
 
     async def add(self, items: list[NewItem]) -> list[int]:
         """Durably add items (store commit, then index)."""
-        return await self._on_index(self.index.add, items)
+        return await self._on_write(self.index.add, items)
 
     async def store_image(self, upload: Upload) -> str:
         """Keep an uploaded image's bytes; returns its uri."""
-        return await self._on_index(self.index.save_image, upload.data, upload.suffix)
+        return await self._on_write(self.index.save_image, upload.data, upload.suffix)
 
     async def update_metadata(self, item_id: int, changes: dict) -> Item | None:
         """Durably merge metadata changes into an item."""
-        return await self._on_index(self.index.update_metadata, item_id, changes)
+        return await self._on_write(self.index.update_metadata, item_id, changes)
 
     async def list_items(self, modality: str | None, spec: dict | None, offset: int, limit: int) -> tuple[list[Item], int]:
         """A page of stored items and the total (a store read: in the index threads)."""
@@ -174,7 +183,7 @@ class Engine:
 
     async def delete(self, item_id: int) -> Item | None:
         """Durably delete an item."""
-        return await self._on_index(self.index.delete, item_id)
+        return await self._on_write(self.index.delete, item_id)
 
 
 def unit_vector(embedding: list[float], dim: int) -> np.ndarray:
@@ -190,6 +199,19 @@ def unit_vector(embedding: list[float], dim: int) -> np.ndarray:
         raise ValueError("embedding is the zero vector")
     vector = vector / scale  # before squaring: values near the float limits would overflow
     return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def unit_vectors(embeddings: list[list[float]], dim: int) -> np.ndarray | None:
+    """`unit_vector` of many embeddings at once, (n, dim) float32; None when any of them is invalid (then check
+    each with `unit_vector` to say which and why)."""
+    if any(len(e) != dim for e in embeddings):
+        return None
+    matrix = np.array(embeddings, dtype=np.float64).reshape(len(embeddings), dim)
+    scale = np.max(np.abs(matrix), axis=1, keepdims=True)
+    if not (np.isfinite(scale).all() and (scale > 0).all()):  # NaN or ±inf anywhere makes its row's max so
+        return None
+    matrix /= scale
+    return (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float32)
 
 
 def load_engine(settings: Settings) -> Engine:

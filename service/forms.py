@@ -91,7 +91,11 @@ async def read_form(request: Request, file_field: str, max_files: int, allowed: 
 
 async def read_json(request: Request) -> Any:
     """The body parsed as JSON (400 with the reason when it is not UTF-8 JSON, or nested too deeply)."""
-    body = await request.body()
+    return parse_json(await request.body())
+
+
+def parse_json(body: bytes) -> Any:
+    """Bytes parsed as JSON (400 with the reason when they are not UTF-8 JSON, or nested too deeply)."""
     try:
         return json.loads(body)
     except json.JSONDecodeError as err:

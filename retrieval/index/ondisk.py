@@ -28,7 +28,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 SHARD_ROWS = 1_000_000  # vectors per in-RAM shard during a build (bounded build memory)
 ADD_CHUNK = 100_000
+ASSIGN_EF_SEARCH = 16  # FAISS's default: the quantizer's effort when adding, in builds and deltas alike
+FLAT_ASSIGN_MAX_LISTS = 4096  # builds assign by exact search over at most this many centroids (`list_assigner`)
 MAX_TRAIN_POINTS_PER_LIST = 30  # k-means sample: 30 points per list (FAISS warns below 39, recall barely moves)
 
 
@@ -82,6 +85,38 @@ def lists_bytes(n: int, index: faiss.Index) -> int:
     return int(1.1 * n * (faiss.extract_index_ivf(index).code_size + 8)) + (1 << 20)
 
 
+@contextmanager
+def assigning(index: faiss.Index) -> Iterator[None]:
+    """Adds find each vector's list with the coarse quantizer's HNSW at `ASSIGN_EF_SEARCH`, as a build does; the
+    search-time efSearch (≥ 64, sized to return nprobe lists) would cost 3-8× for the one list an add needs."""
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    ef = quantizer.hnsw.efSearch
+    quantizer.hnsw.efSearch = ASSIGN_EF_SEARCH
+    try:
+        yield
+    finally:
+        quantizer.hnsw.efSearch = ef
+
+
+def list_assigner(index: faiss.Index):
+    """For builds: a function from (n, d) float32 vectors to their (n,) int64 list numbers. Up to
+    `FLAT_ASSIGN_MAX_LISTS` lists, an exact search over the centroids (one matrix product per chunk, BLAS) is
+    2-3× faster than the HNSW quantizer's graph walk, which was nearly all of a build's add time; beyond, each
+    vector would cost too many products, and the HNSW quantizer assigns (at `ASSIGN_EF_SEARCH`)."""
+    ivf = faiss.extract_index_ivf(index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if ivf.nlist <= FLAT_ASSIGN_MAX_LISTS:
+        exact = faiss.IndexFlat(ivf.d, ivf.metric_type)
+        exact.add(faiss.downcast_index(quantizer.storage).reconstruct_n(0, ivf.nlist))
+        return lambda x: exact.search(x, 1)[1].reshape(-1)
+
+    def walk(x: np.ndarray) -> np.ndarray:
+        with assigning(index):
+            return quantizer.search(x, 1)[1].reshape(-1)
+
+    return walk
+
+
 def train(index: faiss.Index, vectors: np.ndarray, seed: int = 0) -> None:
     """k-means + code training on a sorted random sample (rows read from a memory map in order)."""
     ivf = faiss.extract_index_ivf(index)
@@ -103,6 +138,7 @@ def build(folder: Path, modality: str, vectors: np.ndarray, ids: np.ndarray, par
     train(trained, vectors, seed)
     write_index(trained, folder / trained_file(modality))
     check_free_space(folder, lists_bytes(len(vectors), trained) * 2, f"the {modality} index")
+    assign = list_assigner(trained)
     shards: list[faiss.Index] = []
     shard_files: list[Path] = []
     bar = tqdm(total=len(vectors), desc=f"add {modality}", unit="vec", unit_scale=True, disable=not progress)
@@ -112,7 +148,12 @@ def build(folder: Path, modality: str, vectors: np.ndarray, ids: np.ndarray, par
             shard = faiss.clone_index(trained)
             for lo in range(first, min(first + SHARD_ROWS, len(vectors)), ADD_CHUNK):
                 hi = min(lo + ADD_CHUNK, first + SHARD_ROWS, len(vectors))
-                shard.add_with_ids(np.ascontiguousarray(vectors[lo:hi], np.float32), np.ascontiguousarray(ids[lo:hi]))
+                chunk = np.ascontiguousarray(vectors[lo:hi], np.float32)
+                chunk_ids = np.ascontiguousarray(ids[lo:hi], np.int64)
+                lists = assign(chunk)
+                faiss.extract_index_ivf(shard).add_core(len(chunk), faiss.swig_ptr(chunk), faiss.swig_ptr(chunk_ids),
+                                                        faiss.swig_ptr(lists))
+                shard.ntotal = faiss.extract_index_ivf(shard).ntotal
                 bar.update(hi - lo)
             if len(vectors) > SHARD_ROWS:  # spill to disk: build memory stays at one shard
                 shard_files.append(folder / f".{modality}.shard{len(shard_files)}.faiss")
@@ -260,9 +301,10 @@ class DiskCollection:
         return self._dead
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """New items go to the in-RAM delta."""
+        """New items go to the in-RAM delta, each into its list found as a build finds it (`assigning`)."""
         if len(ids):
-            self.delta.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(ids, np.int64))
+            with assigning(self.delta):
+                self.delta.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(ids, np.int64))
 
     def remove(self, ids: np.ndarray) -> None:
         """Deleted items become tombstones until the next compaction."""

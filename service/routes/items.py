@@ -20,7 +20,7 @@ from service.adding import add_images, add_json
 from service.auth import require_api_key, require_read_key
 from service.deps import error_responses, get_engine
 from service.engine import Engine
-from service.forms import IMAGE_FILE, multipart_body, read_form, read_json
+from service.forms import IMAGE_FILE, multipart_body, read_form
 from service.schemas import AddItemsRequest, AddItemsResponse, Deleted, Item, ItemList, MetadataPatch
 from service.search_schemas import Filter, limit
 
@@ -74,7 +74,7 @@ async def add_items(request: Request, engine: Engine = Depends(get_engine)) -> A
     committed to the item store (durable)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
-        return await add_json(engine, await read_json(request))
+        return await add_json(engine, await request.body())
     if kind == "multipart/form-data":
         form = await read_form(request, "files", engine.settings.max_items_per_request, ("captions", "metadata"))
         return await add_images(engine, form)
