@@ -7,8 +7,8 @@ real `retrieval serve` process: its start-up time to /readyz, text→image laten
 encoding included: real synth captions through the model), QPS at 32 clients, recall@10 of the service
 against exact search on held-out query vectors (`embedding` searches, drawn from the same distribution), the
 server's RSS; side by side, the same held-out queries through bare FAISS on the same index file. Last,
-ingest: bulk POST /v1/items (texts, 256 per request, each acknowledged after its commit) while one client
-searches.
+ingest: bulk POST /v1/items of precomputed embeddings (`items` with `embedding`, 500 per request, from 4
+connections, each request acknowledged after its commit) while one client searches (its latency reported).
 
 Model: D = the demo model's dimension → the checkpoint `search_latency.pick_model` picks; any other D → a
 randomly initialised demo config with `model.embed_dim=D` (encoding costs the same; vectors are synthetic).
@@ -36,7 +36,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_latency import free_port, peak_rss_mb, pick_model, queries, request, run_load, synth_dataset  # noqa: E402
+from search_latency import (  # noqa: E402
+    cpu_seconds,
+    free_port,
+    peak_rss_mb,
+    pick_model,
+    queries,
+    request,
+    run_load,
+    synth_dataset,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "scale.json"
@@ -181,16 +190,34 @@ async def service_recall(port: int, held_out: np.ndarray, truth: np.ndarray) -> 
     return overlap(np.array([f[:10] for f in found]), truth)
 
 
-async def ingest(port: int, seconds: float, search_body: bytes) -> dict:
-    """Bulk text adds (256 per request, with auth) for `seconds` while one client keeps searching."""
-    added, searches, deadline = [0], [0], time.perf_counter() + seconds
+def ingest_bodies(dim: int, count: int, per_request: int) -> list[bytes]:
+    """`count` distinct POST /v1/items bodies of `per_request` items with precomputed embeddings (half image
+    items with a URL, half texts), made before the clock starts: the client's JSON encoding is not measured."""
+    vectors = clustered(count * per_request, dim, seed=4)
+    bodies = []
+    for b in range(count):
+        items = []
+        for i in range(per_request):
+            vector = [round(float(x), 6) for x in vectors[b * per_request + i]]  # 6 decimals: ample for float32 cosine
+            items.append({"modality": "image", "uri": f"https://example.com/{b}/{i}.jpg", "caption": f"bulk {b}-{i}",
+                          "embedding": vector} if i % 2 else {"text": f"bulk caption {b}-{i}", "embedding": vector})
+        bodies.append(json.dumps({"items": items}).encode())
+    return bodies
+
+
+async def ingest(port: int, seconds: float, search_body: bytes, bodies: list[bytes], clients: int,
+                 server_pid: int) -> dict:
+    """Bulk adds of precomputed embeddings (`bodies`, with auth) from `clients` connections for `seconds`,
+    while one client keeps searching; every add is acknowledged only after its commit. The server's CPU time
+    per item added (searches included) says what its cores allow, whatever else runs on the machine."""
+    added, latencies, deadline = [0], [], time.perf_counter() + seconds
     auth = f"Authorization: Bearer {API_KEY}\r\n"
 
-    async def writer() -> None:
+    async def writer(first: int) -> None:
         reader, stream = await asyncio.open_connection("127.0.0.1", port)
-        batch = 0
+        n = first
         while time.perf_counter() < deadline:
-            body = json.dumps({"texts": [f"bulk caption {batch}-{i} a red square" for i in range(256)]}).encode()
+            body = bodies[n % len(bodies)]
             head = (f"POST /v1/items HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n")
             stream.write(head.encode() + body)
@@ -200,20 +227,29 @@ async def ingest(port: int, seconds: float, search_body: bytes) -> dict:
             if int(header.split(b" ", 2)[1]) != 200:
                 raise RuntimeError(f"add failed: {payload[:300]!r}")
             added[0] += len(json.loads(payload)["ids"])
-            batch += 1
+            n += clients
         stream.close()
 
     async def searcher() -> None:
         conn = await asyncio.open_connection("127.0.0.1", port)
         while time.perf_counter() < deadline:
-            await request(port, "POST", "/v1/search", search_body, conn)
-            searches[0] += 1
+            start = time.perf_counter()
+            status, _ = await request(port, "POST", "/v1/search", search_body, conn)
+            latencies.append((time.perf_counter() - start) * 1000)
+            if status != 200:
+                raise RuntimeError(f"search failed during ingest: {status}")
         conn[1].close()
 
-    start = time.perf_counter()
-    await asyncio.gather(writer(), searcher())
-    elapsed = time.perf_counter() - start
-    return {"api_items_per_s": round(added[0] / elapsed, 1), "searches_per_s_meanwhile": round(searches[0] / elapsed, 1)}
+    start, cpu = time.perf_counter(), cpu_seconds(server_pid)
+    await asyncio.gather(searcher(), *(writer(c) for c in range(clients)))
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds(server_pid) - cpu
+    return {"api_items_per_s": round(added[0] / elapsed, 1), "api_items_added": added[0],
+            "api_items_per_request": len(json.loads(bodies[0])["items"]), "api_clients": clients,
+            "searches_per_s_meanwhile": round(len(latencies) / elapsed, 1),
+            "search_p50_ms_meanwhile": round(float(np.percentile(latencies, 50)), 2),
+            "search_p99_ms_meanwhile": round(float(np.percentile(latencies, 99)), 2),
+            "server_cpu_ms_per_item": round(1000 * cpu / max(1, added[0]), 3),
+            "load_average_1min": os.getloadavg()[0]}
 
 
 def measure(n: int, dim: int, args, work: Path) -> tuple[dict, dict]:
@@ -248,7 +284,10 @@ def measure(n: int, dim: int, args, work: Path) -> tuple[dict, dict]:
         many = asyncio.run(run_load(port, "/v1/search", bodies, 32, None, args.seconds, process.pid))
         recall = asyncio.run(service_recall(port, held_out, truth))
         rss = peak_rss_mb(process.pid) / 1024
-        added = asyncio.run(ingest(port, args.ingest_seconds, bodies[0])) if args.ingest_seconds else {}
+        added = {}
+        if args.ingest_seconds:
+            pool = ingest_bodies(dim, args.ingest_bodies, args.ingest_batch)
+            added = asyncio.run(ingest(port, args.ingest_seconds, bodies[0], pool, args.ingest_clients, process.pid))
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(120)
@@ -276,6 +315,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="sequential 1-client requests")
     parser.add_argument("--seconds", type=float, default=10.0, help="32-client run length")
     parser.add_argument("--ingest-seconds", type=float, default=10.0, help="API ingest run (0: skip)")
+    parser.add_argument("--ingest-batch", type=int, default=500, help="items (precomputed embeddings) per add request")
+    parser.add_argument("--ingest-clients", type=int, default=4, help="concurrent add connections")
+    parser.add_argument("--ingest-bodies", type=int, default=16, help="distinct add bodies, made before timing")
     parser.add_argument("--workdir", default="/tmp/retrieval-scale", help="vectors and indexes (large: see docs/scale.md)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
