@@ -34,7 +34,7 @@ import enn
 from bench.enn_overhead import time_interleaved
 from retrieval.config import load_config
 from retrieval.device import autocast
-from retrieval.model import build_towers
+from retrieval.model import build_towers, open_clip_model_cfg
 from retrieval.train.distributed import DistEnv
 from retrieval.train.local_units import build_units
 from retrieval.train.optim import build_optimizer, build_scheduler
@@ -108,7 +108,8 @@ def build_model(cfg: dict[str, Any], device: torch.device) -> nn.Module:
 
 def random_batch(cfg: dict[str, Any], batch: int, device: torch.device) -> Batch:
     """Random images and token ids of the configured shapes: speed does not depend on the pixels."""
-    vision, text = cfg["model"]["vision_cfg"], cfg["model"]["text_cfg"]
+    model_cfg = open_clip_model_cfg(cfg["model"])  # model.name's config with the run config's overrides
+    vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
     g = torch.Generator(device=device).manual_seed(0)
     size = int(vision["image_size"])
     images = torch.randn(batch, 3, size, size, device=device, generator=g)
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--infer-runs", type=int, help="timed inference passes per model (default 30; 3 with --tiny)")
     parser.add_argument("--budget", type=float, default=120.0, help="seconds for all phases together")
     args = parser.parse_args(argv)
-    args.model = TINY_MODEL if args.tiny else []
+    args.model = [*(TINY_MODEL if args.tiny else []), "model.pretrained=null"]  # speed needs no weights (offline)
     args.batch = args.batch or (8 if args.tiny else 256)
     args.steps = args.steps or (3 if args.tiny else 100 if args.measurement == "vitb16" else 20)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)

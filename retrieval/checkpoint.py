@@ -124,7 +124,7 @@ class LoadedModel:
 def towers_from_checkpoint(payload: dict[str, Any]) -> tuple[Towers, dict[str, Any]]:
     """Rebuild the towers a checkpoint was trained with (ENN form) and load its weights."""
     config = from_dict(payload["config"])
-    towers = build_towers(config, model_cfg=payload["model_cfg"])
+    towers = build_towers(config, model_cfg=payload["model_cfg"], preprocess_cfg=payload.get("preprocess_cfg"))
     towers.model.load_state_dict(payload["model"], strict=True)
     return towers, config
 

@@ -88,9 +88,28 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[
         if not isinstance(loaded, Mapping):
             raise UserError(f"{path}: a config must be a mapping of sections, got {type(loaded).__name__}")
         _merge(cfg, loaded, schema, "")
-    _merge(cfg, parse_overrides(overrides), schema, "")
+        written = set(loaded.get("model") or {})
+    else:
+        written = set()
+    nested = parse_overrides(overrides)
+    _merge(cfg, nested, schema, "")
+    _inherit_architecture(cfg["model"], written | set(nested.get("model") or {}))
     validate(cfg)
+    if cfg["model"]["name"] or cfg["model"]["pretrained"]:
+        from retrieval.pretrained import check_model_section  # imports open_clip: only when needed
+
+        check_model_section(cfg["model"])  # unknown model name or tag: fail now, before any work
     return cfg
+
+
+def _inherit_architecture(model: dict[str, Any], written: set[str]) -> None:
+    """With `model.name` or an `hf-hub:` / `local-dir:` start, that source's config is the architecture and only
+    the `model:` keys the user wrote override it: defaults.yaml's embed_dim / quick_gelu become null (its
+    vision_cfg / text_cfg defaults are empty, i.e. no overrides)."""
+    if model["name"] or str(model["pretrained"] or "").startswith(("hf-hub:", "local-dir:")):
+        for key in ("embed_dim", "quick_gelu"):
+            if key not in written:
+                model[key] = None
 
 
 def from_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,7 +139,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     model = cfg["model"]
     for tower in ("vision_cfg", "text_cfg"):
         tower_dim = model[tower].get("embed_dim", model["embed_dim"])
-        if tower_dim != model["embed_dim"]:
+        if model["embed_dim"] is not None and tower_dim != model["embed_dim"]:
             raise UserError(
                 f"model.{tower}.embed_dim={tower_dim} disagrees with model.embed_dim={model['embed_dim']}: "
                 "both towers must map into the same embedding space"

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.optim.lr_scheduler import LambdaLR
 
 import enn
@@ -50,6 +51,8 @@ def build_optimizer(model: nn.Module, train_cfg: Mapping[str, Any]) -> torch.opt
 
     ENN weights in exact mode are retracted after every step (`enn.retract_after_step`), so every trainer
     that builds its optimizer here (backprop and each ENN-ℓ stage) keeps their raw factors well conditioned.
+    Only trainable ones: a locked tower's factors (`model.lock_*`) are neither optimized nor retracted, so
+    they stay bit for bit what they were.
     """
     optimizer = torch.optim.AdamW(
         param_groups(model, float(train_cfg["weight_decay"])),
@@ -57,8 +60,16 @@ def build_optimizer(model: nn.Module, train_cfg: Mapping[str, Any]) -> torch.opt
         betas=tuple(float(b) for b in train_cfg["betas"]),
         eps=float(train_cfg["eps"]),
     )
-    enn.retract_after_step(optimizer, model)
+    enn.retract_after_step(optimizer, _trainable_enn_layers(model))
     return optimizer
+
+
+def _trainable_enn_layers(model: nn.Module) -> nn.ModuleList:
+    """The ENN-parameterised layers of `model` whose factors require gradients (a view; the layers are shared)."""
+    return nn.ModuleList(
+        layer for layer in model.modules()
+        if parametrize.is_parametrized(layer) and any(p.requires_grad for p in layer.parametrizations.parameters())
+    )
 
 
 def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:

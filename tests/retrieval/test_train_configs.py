@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 from train_testing import one_thread  # noqa: F401
@@ -26,8 +27,16 @@ def test_the_expected_configs_ship():
 def test_config_loads_and_maps_onto_open_clip(path):
     cfg = load_config(path)
     model_cfg = open_clip_model_cfg(cfg["model"])  # raises on a key open_clip does not know
-    assert model_cfg["embed_dim"] == cfg["model"]["embed_dim"]
+    named = open_clip.get_model_config(cfg["model"]["name"]) if cfg["model"]["name"] else {}
+    assert model_cfg["embed_dim"] == (cfg["model"]["embed_dim"] or named["embed_dim"])
     assert "#" in path.read_text()  # configs are commented
+
+
+@pytest.mark.parametrize("name", ["flickr30k-vitb16.yaml", "coco-vitb16.yaml"])
+def test_benchmark_configs_fine_tune_open_clip_vit_b16_from_laion2b(name):
+    cfg = load_config(CONFIG_DIR / name)
+    assert (cfg["model"]["name"], cfg["model"]["pretrained"]) == ("ViT-B-16", "laion2b_s34b_b88k")
+    assert open_clip_model_cfg(cfg["model"]) == open_clip.get_model_config("ViT-B-16")  # nothing overridden
 
 
 def test_plain_twin_differs_from_the_demo_only_in_enn():
