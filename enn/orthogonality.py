@@ -39,13 +39,13 @@ def orthogonality_loss(module: nn.Module) -> Tensor:
     """Σ over ENN weights in "penalty" mode of ‖QᵀQ−I‖²_F + ‖PᵀP−I‖²_F, to add (×λ) to the training loss.
 
     Weights in "exact" mode (orthonormal by construction) and "none" mode (ablation) contribute 0, so a
-    trainer can always add it. Computed in float32 with autocast off: in bf16 the rounding noise of QᵀQ
+    trainer can always add it; so do frozen weights (a locked tower), which no gradient could change. Computed in float32 with autocast off: in bf16 the rounding noise of QᵀQ
     would swamp the small deviations the penalty is meant to control.
     """
     terms = []
     for _, w in enn_weights(module):
-        if w.ortho != "penalty":
-            continue
+        if w.ortho != "penalty" or not (w.Q.requires_grad or w.P.requires_grad):
+            continue  # a frozen (locked) factor pair: its constant term would only cost time
         with torch.autocast(w.Q.device.type, enabled=False):
             terms.append(_GramPenalty.apply(w.Q.float()) + _GramPenalty.apply(w.P.float()))
     if terms:

@@ -26,6 +26,21 @@ def test_penalty_is_zero_at_init_and_positive_after_perturbation() -> None:
     assert enn.orthogonality_error(model) > 1e-2
 
 
+def test_penalty_leaves_out_frozen_weights() -> None:
+    """A locked tower's factors get no gradient: their term is a constant, so it is not computed at all."""
+    model = _model("penalty")
+    with torch.no_grad():
+        for _, w in enn.enn_weights(model):
+            w.Q.add_(0.05)
+    full = enn.orthogonality_loss(model).item()
+    first = model[0]
+    for p in first.parameters():
+        p.requires_grad_(False)
+    partial = enn.orthogonality_loss(model)
+    assert 0 < partial.item() < full
+    assert partial.requires_grad
+
+
 def test_penalty_matches_its_definition_and_autograd() -> None:
     model = _model("penalty")
     with torch.no_grad():
