@@ -1,8 +1,9 @@
 """ENN-ℓ: backprop-free local training of two-tower (image–text) models, sequential or pipelined.
 
-Each tower is cut into S stages (`split_clip`); stage k of both towers forms a `LocalUnit` with its own
-contrastive loss (through a frozen random or learned `LocalHead`), its own optimizer and schedule, and
-detached inputs, so no gradient crosses a stage boundary. `run_units` is the one-process reference;
+Each tower is cut into S stages (`split_clip`); stage k of both towers (or a group of contiguous stages,
+`chain_stages`) forms a `LocalUnit` with its own contrastive loss (through a frozen random, learned or
+token-level `LocalHead`), its own optimizer and schedule, and detached inputs, so no gradient crosses a
+unit boundary. `run_units` is the one-process reference;
 `LocalPipeline` runs groups of units in separate processes with identical results. Quick use::
 
     image, text = split_clip(clip, stages=4)
@@ -17,10 +18,13 @@ imported lazily when a text stage pools).
 from enn.local.heads import HEAD_KINDS, LocalHead, random_projection
 from enn.local.pipeline import LocalPipeline, PipelineError, StepReport, UnitFactory, group_units
 from enn.local.stages import (
+    POOLS,
     ResNetStage,
+    StageChain,
     TextStage,
     TowerStage,
     VitStage,
+    chain_stages,
     split_clip,
     split_evenly,
     staged_forward,
@@ -29,18 +33,21 @@ from enn.local.unit import LocalUnit, Micro, bind_state_keys, make_units, run_un
 
 __all__ = [
     "HEAD_KINDS",
+    "POOLS",
     "LocalHead",
     "LocalPipeline",
     "LocalUnit",
     "Micro",
     "PipelineError",
     "ResNetStage",
+    "StageChain",
     "StepReport",
     "TextStage",
     "TowerStage",
     "UnitFactory",
     "VitStage",
     "bind_state_keys",
+    "chain_stages",
     "group_units",
     "make_units",
     "random_projection",

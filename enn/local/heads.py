@@ -1,4 +1,4 @@
-"""Local heads: map a stage's pooled image and text features into one space for its contrastive loss."""
+"""Local heads: map a stage's image and text features into one space for its contrastive loss."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-HEAD_KINDS = ("random", "learned", "mlp")
+HEAD_KINDS = ("random", "learned", "mlp", "block")
 
 
 def random_projection(rows: int, cols: int, generator: torch.Generator) -> Tensor:
@@ -30,8 +30,12 @@ class LocalHead(nn.Module):
     make its image and text features agree through a fixed random readout; `kind="learned"`: they are
     trained with the stage; `kind="mlp"`: a learned hidden layer (width → width, GELU) comes before the
     learned projection, as in SimCLR's projection head, so the head rather than the stage's features can
-    absorb what only this stage's loss wants. The temperature (a logit scale, like CLIP's) is learned in
-    every case: the sharpness that suits an early stage is not the final one's. The LayerNorm mirrors the towers' own
+    absorb what only this stage's loss wants; `kind="block"`: one freshly initialised transformer block
+    per tower (open_clip's `ResidualAttentionBlock`, shaped like the (image, text) template `blocks`, the
+    stages' last blocks) runs on the stage's *tokens* before the readout, then a learned projection:
+    depth at the token level, as DGL/InfoPro/AugLocal's auxiliary networks, so that binding across tokens
+    can still be read out. The temperature (a logit scale, like CLIP's) is learned in every case: the
+    sharpness that suits an early stage is not the final one's. The LayerNorm mirrors the towers' own
     ln_post/ln_final → projection readout and keeps the scale of the residual stream out of the loss.
     """
 
@@ -43,12 +47,19 @@ class LocalHead(nn.Module):
         kind: str = "random",
         init_logit_scale: float = math.log(1 / 0.07),
         seed: int = 0,
+        blocks: tuple[nn.Module, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         if kind not in HEAD_KINDS:
             raise ValueError(f"unknown local head kind {kind!r}; valid: {', '.join(HEAD_KINDS)}")
+        if (kind == "block") != (blocks is not None):
+            raise ValueError("a block local head needs template blocks (the stages' last blocks); others none")
         self.kind = kind
         generator = torch.Generator().manual_seed(seed)
+        if blocks is not None:
+            with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG stream is left untouched
+                torch.manual_seed(seed)
+                self.image_block, self.text_block = (fresh_block(b) for b in blocks)
         image = random_projection(image_width, dim, generator)
         text = random_projection(text_width, dim, generator)
         if kind == "mlp":
@@ -56,12 +67,19 @@ class LocalHead(nn.Module):
             self.text_hidden = nn.Parameter(random_projection(text_width, text_width, generator))
             self.image_bias = nn.Parameter(torch.zeros(image_width))
             self.text_bias = nn.Parameter(torch.zeros(text_width))
-        if kind in ("learned", "mlp"):
+        if kind != "random":
             self.image_proj, self.text_proj = nn.Parameter(image), nn.Parameter(text)
         else:
             self.register_buffer("image_proj", image)
             self.register_buffer("text_proj", text)
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+
+    def refine(self, image: Tensor, text: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Token-level part (block heads): (B, T, width) stage outputs → same shape; others: unchanged.
+        `text_mask` is the text tower's causal mask, so the EOT readout still sees only its prefix."""
+        if self.kind != "block":
+            return image, text
+        return self.image_block(image, attn_mask=None), self.text_block(text, attn_mask=text_mask)
 
     def forward(self, image: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
         """(B, image_width), (B, text_width) pooled features → L2-normalised (B, dim) pairs."""
@@ -74,3 +92,13 @@ class LocalHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, image_proj={tuple(self.image_proj.shape)}, text_proj={tuple(self.text_proj.shape)}"
+
+
+def fresh_block(template: nn.Module) -> nn.Module:
+    """A newly initialised open_clip `ResidualAttentionBlock` of `template`'s width, heads and MLP ratio
+    (plain weights, not ENN: it is a head, not part of the model)."""
+    from open_clip.transformer import ResidualAttentionBlock  # lazy: enn depends only on torch
+
+    width = template.attn.embed_dim
+    ratio = template.mlp.c_fc.out_features / width
+    return ResidualAttentionBlock(width, template.attn.num_heads, mlp_ratio=ratio, batch_first=True)

@@ -14,12 +14,22 @@ Cuts (S = `stages`):
   positional embedding + its blocks (with the causal mask), the last = ln_final + EOT pooling +
   `text_projection`.
 
+Local readouts (`pool`, what a non-last stage's local head sees): `"mean"` — ViT: the mean of all tokens,
+ResNet: global average; `"final"` — the token(s) the tower's own final readout reads (ViT: open_clip's
+`_global_pool`, the class token by default). Text always reads the model's own pooling (EOT by default).
+
+`chain_stages` joins contiguous stages into one (a loss group: backprop inside it, detach between groups).
+
 Hugging Face and timm towers are not supported (their internals are model specific).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
+
+POOLS = ("mean", "final")
 
 
 def split_evenly(n: int, parts: int) -> list[range]:
@@ -60,6 +70,16 @@ class TowerStage(nn.Module):
     def pool(self, h: Tensor, tokens: Tensor) -> Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    @property
+    def attn_mask_for_head(self) -> Tensor | None:
+        """The attention mask a token-level local head must use on this stage's output (text: causal)."""
+        return None
+
+    @property
+    def last_block(self) -> nn.Module:
+        """The stage's last residual block (the template of a `block` local head)."""
+        return self.blocks[-1]
+
     def extra_repr(self) -> str:
         return f"stage {self.index + 1}/{self.count}, width={self.width}"
 
@@ -67,10 +87,14 @@ class TowerStage(nn.Module):
 class VitStage(TowerStage):
     """A slice of open_clip's `VisionTransformer` (hidden state: (B, 1 + grid², width) tokens)."""
 
-    def __init__(self, visual: nn.Module, blocks: range, index: int, count: int) -> None:
+    def __init__(self, visual: nn.Module, blocks: range, index: int, count: int, pool: str = "mean") -> None:
         super().__init__(index, count, visual.transformer.width)
         if not visual.transformer.batch_first:
             raise ValueError("ENN-ℓ stages need a batch-first open_clip transformer")
+        if pool == "final" and (visual.attn_pool is not None or visual.pool_type not in ("tok", "avg")):
+            raise ValueError("local_pool=final reads the ViT's class token or token average; this tower pools "
+                             "with an attention pool, which belongs to its last stage (use local_pool=mean)")
+        self.readout = pool
         self._tower = (visual,)  # a tuple hides it from nn.Module registration: we own only our parts
         self.blocks = nn.ModuleList(visual.transformer.resblocks[i] for i in blocks)
         if self.is_first:
@@ -94,14 +118,21 @@ class VitStage(TowerStage):
         return x
 
     def pool(self, h: Tensor, tokens: Tensor | None = None) -> Tensor:
-        """Mean over all tokens: early on the class token has gathered little, the mean trains every token."""
+        """The local readout. mean: over all tokens (early on the class token has gathered little; the mean trains every
+        token); final: the tower's own token selection (class token, or the patch average), so the local
+        loss trains the path the final embedding reads."""
+        if self.readout == "final":
+            return self._tower[0]._global_pool(h)[0]  # (B, 1 + grid², width) -> (B, width)
         return h.mean(dim=1)
 
 
 class ResNetStage(TowerStage):
     """A slice of open_clip's `ModifiedResNet` (hidden state: (B, C, H, W) feature maps)."""
 
-    def __init__(self, visual: nn.Module, layers: range, index: int, count: int) -> None:
+    def __init__(self, visual: nn.Module, layers: range, index: int, count: int, pool: str = "mean") -> None:
+        if pool != "mean":
+            raise ValueError("local_pool=final: a ModifiedResNet's final readout is its attention pool, which "
+                             "belongs to its last stage (use local_pool=mean)")
         all_layers = [visual.layer1, visual.layer2, visual.layer3, visual.layer4]
         chosen = [all_layers[i] for i in layers]
         width = chosen[-1][-1].conv3.out_channels  # Bottleneck output channels of our last layer
@@ -132,7 +163,7 @@ class TextStage(TowerStage):
     """A slice of the open_clip text transformer that a `CLIP` keeps at its top level."""
 
     def __init__(self, model: nn.Module, blocks: range, index: int, count: int) -> None:
-        super().__init__(index, count, model.transformer.width)
+        super().__init__(index, count, model.transformer.width)  # its local readout is always the model's
         if not model.transformer.batch_first:
             raise ValueError("ENN-ℓ stages need a batch-first open_clip transformer")
         self.pool_type = model.text_pool_type
@@ -168,6 +199,47 @@ class TextStage(TowerStage):
 
         return text_global_pool(h, tokens, self.pool_type, eos_token_id=self.eos_id)
 
+    @property
+    def attn_mask_for_head(self) -> Tensor | None:
+        return self.attn_mask
+
+
+class StageChain(TowerStage):
+    """Contiguous stages run as one (a loss group): gradients flow through all of them, the group's local
+    loss reads its last stage, and its index/count are the group's."""
+
+    def __init__(self, stages: Sequence[TowerStage], index: int, count: int) -> None:
+        super().__init__(index, count, stages[-1].width)
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
+        for stage in self.stages:
+            x = stage(x, tokens)
+        return x
+
+    def pool(self, h: Tensor, tokens: Tensor | None = None) -> Tensor:
+        return self.stages[-1].pool(h, tokens)
+
+    @property
+    def attn_mask_for_head(self) -> Tensor | None:
+        return self.stages[-1].attn_mask_for_head
+
+    @property
+    def last_block(self) -> nn.Module:
+        return self.stages[-1].last_block
+
+    def extra_repr(self) -> str:
+        first, last = self.stages[0].index, self.stages[-1].index
+        return f"group {self.index + 1}/{self.count}: stages {first + 1}–{last + 1}, width={self.width}"
+
+
+def chain_stages(stages: Sequence[TowerStage], groups: Sequence[Sequence[int]]) -> list[TowerStage]:
+    """Join `stages` into one `StageChain` per group of consecutive indices (which must partition them)."""
+    if [i for g in groups for i in g] != list(range(len(stages))) or not all(groups):
+        raise ValueError(f"loss groups {[list(g) for g in groups]} must split stages 0–{len(stages) - 1} "
+                         "into contiguous non-empty runs")
+    return [StageChain([stages[i] for i in g], k, len(groups)) for k, g in enumerate(groups)]
+
 
 def _vision_kind(visual: nn.Module) -> str:
     if hasattr(visual, "_embeds") and hasattr(visual, "transformer") and hasattr(visual, "_pool"):
@@ -179,20 +251,23 @@ def _vision_kind(visual: nn.Module) -> str:
     )
 
 
-def split_clip(model: nn.Module, stages: int) -> tuple[list[TowerStage], list[TowerStage]]:
-    """(image stages, text stages) of an open_clip `CLIP`, each list of length `stages`.
+def split_clip(model: nn.Module, stages: int, pool: str = "mean") -> tuple[list[TowerStage], list[TowerStage]]:
+    """(image stages, text stages) of an open_clip `CLIP`, each list of length `stages`; `pool` is the
+    image stages' local readout (`POOLS`).
 
     Composing them (`x = stage(x, tokens)` in order) gives `encode_image` / `encode_text` exactly.
     Raises ValueError for a tower that cannot be cut (HF/timm towers, fewer blocks than stages).
     """
+    if pool not in POOLS:
+        raise ValueError(f"unknown local pool {pool!r}; valid: {', '.join(POOLS)}")
     visual = model.visual
     if _vision_kind(visual) == "vit":
         groups = split_evenly(len(visual.transformer.resblocks), stages)
-        image = [VitStage(visual, g, i, stages) for i, g in enumerate(groups)]
+        image = [VitStage(visual, g, i, stages, pool) for i, g in enumerate(groups)]
     else:
         if stages > 4:
             raise ValueError(f"a ModifiedResNet has 4 residual layers; cannot cut it into {stages} stages")
-        image = [ResNetStage(visual, g, i, stages) for i, g in enumerate(split_evenly(4, stages))]
+        image = [ResNetStage(visual, g, i, stages, pool) for i, g in enumerate(split_evenly(4, stages))]
     if not (hasattr(model, "token_embedding") and hasattr(model, "transformer")):
         raise ValueError(
             f"ENN-ℓ cannot cut the text tower of a {type(model).__name__}: open_clip's own text transformer only"

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from enn.local.heads import LocalHead
-from enn.local.stages import TowerStage, split_clip
+from enn.local.stages import TowerStage, VitStage, chain_stages, split_clip
 from enn.orthogonality import orthogonality_error, orthogonality_loss
 
 # (image input, text input, token ids) of one micro-batch; stage 0 gets (pixels, ids, ids).
@@ -93,7 +93,8 @@ class LocalUnit(nn.Module):
                 img_feat, txt_feat = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
                 scale = self.logit_scale
             else:
-                img_feat, txt_feat = self.head(self.image.pool(image, tokens), self.text.pool(text, tokens))
+                image_h, text_h = self.head.refine(image, text, self.text.attn_mask_for_head)
+                img_feat, txt_feat = self.head(self.image.pool(image_h, tokens), self.text.pool(text_h, tokens))
                 scale = self.head.logit_scale
             loss = self._loss_fn[0](img_feat, txt_feat, scale.exp())
         return image, text, loss
@@ -206,21 +207,33 @@ def make_units(
     init_logit_scale: float = math.log(1 / 0.07),
     seed: int = 0,
     only: Sequence[int] | None = None,
+    pool: str = "mean",
+    groups: Sequence[Sequence[int]] | None = None,
     **unit_kwargs: Any,
 ) -> list[LocalUnit]:
-    """Cut `model` (an open_clip CLIP) into `stages` units with local heads; `only` keeps a subset.
+    """Cut `model` (an open_clip CLIP) into `stages` stages and build one unit with a local head per
+    stage, or per loss group of contiguous stages (`groups`, e.g. [[0, 1], [2, 3]]: backprop inside a
+    group, detach between groups). `only` keeps a subset of the units; `pool` is the image stages' local
+    readout ("mean" | "final", see `enn.local.stages`).
 
     Heads are seeded by (`seed`, unit index), so every process builds the same ones. `unit_kwargs` go
     to `LocalUnit` (ortho_weight, grad_clip, max_logit_scale, autocast). Attach optimizers afterwards.
     """
-    image, text = split_clip(model, stages)
+    image, text = split_clip(model, stages, pool)
+    if groups is not None:
+        image, text = chain_stages(image, groups), chain_stages(text, groups)
+    if head == "block" and not isinstance(getattr(image[0], "stages", image)[0], VitStage):
+        raise ValueError("local_head=block runs a transformer block on the stage's tokens: it needs a ViT image tower")
+    count = len(image)
     dim = int(model.visual.output_dim)  # the shared embedding size (ViT and ModifiedResNet both record it)
     units = []
-    for k in only if only is not None else range(stages):
+    for k in only if only is not None else range(count):
         local_head = None
-        if k < stages - 1:
-            local_head = LocalHead(image[k].width, text[k].width, dim, head, init_logit_scale, seed * 1009 + k)
-        scale = model.logit_scale if k == stages - 1 else None
+        if k < count - 1:
+            blocks = (image[k].last_block, text[k].last_block) if head == "block" else None
+            local_head = LocalHead(image[k].width, text[k].width, dim, head, init_logit_scale, seed * 1009 + k,
+                                   blocks)
+        scale = model.logit_scale if k == count - 1 else None
         units.append(LocalUnit(image[k], text[k], loss_fn, local_head, scale, **unit_kwargs))
     bind_state_keys(model, units)
     return units

@@ -1,9 +1,10 @@
 """The ENN-ℓ trainer (`training.method: local`): every stage of both towers learns from its own local loss.
 
 Same run directory, data order, validation and checkpoint format as the bp trainer (the pieces are
-shared: `retrieval.train.session`, `.data`, `.optim`, `.state`); what differs is the step. Each of the
-`training.stages` units (stage k of the image and the text tower) has its own AdamW and schedule and
-trains on a contrastive loss through its local head, on detached inputs (`enn.local`). With
+shared: `retrieval.train.session`, `.data`, `.optim`, `.state`); what differs is the step. Each unit
+(stage k of the image and the text tower, or with `training.local_losses: per_group` a group of
+contiguous stages) has its own AdamW and schedule and trains on a contrastive loss through its local
+head, on detached inputs (`enn.local`). With
 `training.pipeline: true` groups of units run in separate processes, batch t in stage k while batch t−1
 is in stage k+1; the parameters after any step are the same as in sequential mode (docs/enn-local.md).
 
@@ -91,7 +92,7 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, setup: RunSet
     save_every = int(train_cfg["save_every_steps"] or 0)
     batch_size = int(train_cfg["batch_size"])
     lam = penalty_weight(cfg["enn"])
-    stages = int(train_cfg["stages"])
+    stages = len(units)  # units, i.e. local losses: metrics are keyed stage{k} by unit
 
     bar = tqdm(total=stop_at, initial=progress.step, desc=f"train local/{runner.mode}", unit="step")
     window: dict[str, float] = {}

@@ -18,7 +18,13 @@ import torch
 from enn.local import LocalPipeline, LocalUnit, PipelineError, StepReport, group_units, run_units
 from retrieval.device import usable_cores
 from retrieval.errors import UserError
-from retrieval.train.local_units import load_unit_state, stage_process_units, unit_state
+from retrieval.train.local_units import (
+    load_unit_state,
+    pipeline_procs,
+    stage_process_units,
+    unit_count,
+    unit_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +63,14 @@ class SequentialRunner:
 
 
 def pipeline_layout(train: Mapping[str, Any], device: torch.device) -> tuple[list[list[int]], list[str], int]:
-    """(unit groups, device per process, threads per process) from `training.pipeline_*` and the device.
+    """(unit groups, device per process, threads per process) from `training.pipeline_*` and the device
+    (with `training.local_losses: per_group` every process holds exactly one unit).
 
     CPU: every process on "cpu" with cores ÷ processes threads. CUDA: processes round-robin over the GPUs
     (or all on the one named by `training.device: cuda:N`).
     """
-    stages = int(train["stages"])
-    procs = train["pipeline_procs"]
-    procs = stages if procs is None else procs
-    if not isinstance(procs, int) or not 1 <= procs <= stages:
-        raise UserError(f"training.pipeline_procs must be between 1 and training.stages={stages}, got {procs!r}")
+    procs = pipeline_procs(train)
+    units = unit_count(train)  # per_group losses: one unit per process
     threads = train["pipeline_threads"]
     if threads is None:
         threads = max(1, usable_cores() // procs)
@@ -76,7 +80,7 @@ def pipeline_layout(train: Mapping[str, Any], device: torch.device) -> tuple[lis
         devices = [f"cuda:{r % torch.cuda.device_count()}" for r in range(procs)]
     else:
         devices = [str(device)] * procs
-    return group_units(stages, procs), devices, threads
+    return group_units(units, procs), devices, threads
 
 
 class PipelinedRunner:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from enn.local import LocalUnit, make_units
+from enn.local import LocalUnit, group_units, make_units
 from retrieval.device import autocast
 from retrieval.errors import UserError
 from retrieval.model import build_towers
@@ -27,6 +27,29 @@ from retrieval.train.step import build_loss, penalty_weight
 log = logging.getLogger(__name__)
 
 
+def pipeline_procs(train: Mapping[str, Any]) -> int:
+    """`training.pipeline_procs`, checked (null: one process per stage)."""
+    stages, procs = int(train["stages"]), train["pipeline_procs"]
+    procs = stages if procs is None else procs
+    if not isinstance(procs, int) or not 1 <= procs <= stages:
+        raise UserError(f"training.pipeline_procs must be between 1 and training.stages={stages}, got {procs!r}")
+    return procs
+
+
+def loss_groups(train: Mapping[str, Any]) -> list[list[int]] | None:
+    """Stage groups that share one local loss (`training.local_losses: per_group`: the pipeline's process
+    groups, also in sequential mode, so both modes train the same units), or None: one loss per stage."""
+    if train["local_losses"] != "per_group":
+        return None
+    return group_units(int(train["stages"]), pipeline_procs(train))
+
+
+def unit_count(train: Mapping[str, Any]) -> int:
+    """How many units (local losses, each with its own optimizer) a config trains."""
+    groups = loss_groups(train)
+    return int(train["stages"]) if groups is None else len(groups)
+
+
 def build_units(
     cfg: Mapping[str, Any],
     model: nn.Module,
@@ -34,8 +57,9 @@ def build_units(
     total_steps: int,
     only: Sequence[int] | None = None,
 ) -> list[LocalUnit]:
-    """Cut `model` into `training.stages` units (or the subset `only`) on `device`, each with its own AdamW
-    (the bp trainer's parameter groups) and cosine/warm-up schedule over `total_steps`.
+    """Cut `model` into `training.stages` stages and one unit per stage or loss group (`loss_groups`; or
+    the subset `only`) on `device`, each with its own AdamW (the bp trainer's parameter groups) and
+    cosine/warm-up schedule over `total_steps`.
 
     Raises UserError when the towers cannot be cut (HF/timm towers, fewer blocks than stages).
     """
@@ -52,6 +76,8 @@ def build_units(
             init_logit_scale=math.log(1.0 / float(train["init_temperature"])),
             seed=int(train["seed"]),
             only=only,
+            pool=str(train["local_pool"]),
+            groups=loss_groups(train),
             ortho_weight=penalty_weight(cfg["enn"]),
             grad_clip=float(train["grad_clip"]) if train["grad_clip"] else None,
             max_logit_scale=float(train["max_logit_scale"]),

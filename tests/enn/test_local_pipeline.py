@@ -18,20 +18,21 @@ from enn.local import LocalPipeline, LocalUnit, PipelineError, group_units, make
 STAGES = 4
 
 
-def build_units(state: dict, ids: Sequence[int] | None, head: str = "random") -> list[LocalUnit]:
-    """Units of the tiny CLIP loaded from `state`, each with AdamW and a warm-up/decay schedule."""
+def build_units(state: dict, ids: Sequence[int] | None, head: str = "random", **options) -> list[LocalUnit]:
+    """Units of the tiny CLIP loaded from `state`, each with AdamW and a warm-up/decay schedule;
+    `options` go to `make_units` (pool, groups)."""
     model = tiny_clip()
     model.load_state_dict(state)
-    units = make_units(model, STAGES, ClipLoss(), head=head, only=ids, ortho_weight=1e-3, grad_clip=1.0)
+    units = make_units(model, STAGES, ClipLoss(), head=head, only=ids, ortho_weight=1e-3, grad_clip=1.0, **options)
     for unit in units:
         optimizer = torch.optim.AdamW(unit.parameters(), lr=2e-3, weight_decay=0.1)
         unit.attach(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 3)))
     return units
 
 
-def factory(state: dict, head: str, ids: Sequence[int], device: torch.device) -> list[LocalUnit]:
+def factory(state: dict, head: str, ids: Sequence[int], device: torch.device, **options) -> list[LocalUnit]:
     """What each stage process runs (module level, so the spawn start method can pickle it)."""
-    return [u.to(device) for u in build_units(state, ids, head)]
+    return [u.to(device) for u in build_units(state, ids, head, **options)]
 
 
 def failing_factory(state: dict, ids: Sequence[int], device: torch.device) -> list[LocalUnit]:
@@ -65,20 +66,26 @@ def test_units_are_grouped_contiguously() -> None:
         group_units(2, 3)
 
 
-@pytest.mark.parametrize("head", ["learned", "mlp"])
-def test_pipelined_parameters_equal_sequential_after_the_same_batches(head: str) -> None:
+@pytest.mark.parametrize(
+    ("head", "options"),
+    [("learned", {}), ("mlp", {}), ("block", {"pool": "final"}), ("random", {"groups": [[0, 1], [2, 3]]})],
+    ids=["learned", "mlp", "block-head-final-readout", "loss-groups"],
+)
+def test_pipelined_parameters_equal_sequential_after_the_same_batches(head: str, options: dict) -> None:
     # Learned heads: their parameters and optimizer state must travel too (random heads are buffers
-    # rebuilt from the seed, checked in test_local_stages).
+    # rebuilt from the seed, checked in test_local_stages). Loss groups: one unit (two stages) per process.
     state = tiny_clip().state_dict()
     data = steps(4)
     # Sequential reference, one process, one thread (as each pipeline process).
-    units = build_units(state, None, head)
+    units = build_units(state, None, head, **options)
     seq_metrics = [run_units(units, micro) for micro in data]
     seq_model = {k: v for u in units for k, v in u.model_state().items()}
     seq_training = {u.index: u.training_state() for u in units}
+    count = len(units)
 
     reports = []
-    with LocalPipeline(functools.partial(factory, state, head), group_units(STAGES, 2), ["cpu", "cpu"]) as pipe:
+    pipe = LocalPipeline(functools.partial(factory, state, head, **options), group_units(count, 2), ["cpu", "cpu"])
+    with pipe:
         for t, micro in enumerate(data, start=1):
             reports += pipe.submit(t, micro, snapshot=t == len(data))
         reports += pipe.finish()
@@ -86,7 +93,7 @@ def test_pipelined_parameters_equal_sequential_after_the_same_batches(head: str)
     for r, expected in zip(reports, seq_metrics, strict=True):
         assert r.metrics == expected  # every unit's loss, bit for bit
     final = reports[-1].state
-    assert sorted(final) == [0, 1, 2, 3]
+    assert sorted(final) == list(range(count))
     pipe_model = {k: v for s in final.values() for k, v in s["model"].items()}
     assert pipe_model.keys() == seq_model.keys()
     for key, value in seq_model.items():

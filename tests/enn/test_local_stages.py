@@ -11,7 +11,7 @@ import torch
 from open_clip.loss import ClipLoss
 
 import enn
-from enn.local import make_units, run_units, split_clip, staged_forward
+from enn.local import chain_stages, make_units, run_units, split_clip, staged_forward
 
 TINY_VIT = {
     "embed_dim": 32,
@@ -111,7 +111,7 @@ def test_no_gradient_crosses_a_stage_boundary() -> None:
 
 def test_random_local_heads_stay_frozen_and_learned_ones_train() -> None:
     images, tokens = batch()
-    for kind, frozen in (("random", True), ("learned", False), ("mlp", False)):
+    for kind, frozen in (("random", True), ("learned", False), ("mlp", False), ("block", False)):
         units = make_units(tiny_clip(), 3, ClipLoss(), head=kind)
         attach_adamw(units)
         heads = [u.head for u in units[:-1]]
@@ -123,7 +123,7 @@ def test_random_local_heads_stay_frozen_and_learned_ones_train() -> None:
             assert torch.equal(head.text_proj, txt0) == frozen
             optimised = {id(p) for u in units for g in u.optimizer.param_groups for p in g["params"]}
             assert (id(head.image_proj) in optimised) != frozen
-            if kind == "mlp":
+            if kind in ("mlp", "block"):
                 assert {id(p) for p in head.parameters()} <= optimised
 
 
@@ -167,3 +167,97 @@ def test_micro_batches_accumulate_the_gradient_of_their_mean_loss() -> None:
     for key, value in reference.state_dict().items():
         assert torch.allclose(model.state_dict()[key], value, atol=1e-6), key
     assert not torch.equal(model.visual.class_embedding, _pristine("vit", 0).visual.class_embedding)
+
+
+def _readout_grad(model: torch.nn.Module, pool: str) -> torch.Tensor:
+    """d(stage 0's local loss)/d(stage 0's image tokens), through its readout and head."""
+    unit = make_units(model, 2, ClipLoss(), pool=pool, only=[0])[0]
+    images, tokens = batch()
+    image, text, _ = unit((images, tokens, tokens))
+    image = image.detach().requires_grad_()
+    img_feat, txt_feat = unit.head(unit.image.pool(image, tokens), unit.text.pool(text, tokens))
+    ClipLoss()(img_feat, txt_feat, unit.head.logit_scale.exp()).backward()
+    return image.grad.abs().sum(dim=(0, 2))  # (1 + grid²,) gradient mass per token
+
+
+def test_final_local_readout_trains_the_tokens_the_towers_readout_reads() -> None:
+    mean, final = _readout_grad(tiny_clip(), "mean"), _readout_grad(tiny_clip(), "final")
+    assert (mean > 0).all()  # the mean reads every token
+    assert final[0] > 0 and (final[1:] == 0).all()  # the class token only, as the final readout
+    torch.manual_seed(0)
+    avg_cfg = copy.deepcopy(TINY_VIT)
+    avg_cfg["vision_cfg"]["pool_type"] = "avg"  # a ViT whose readout averages the patch tokens
+    avg = _readout_grad(enn.convert(open_clip.CLIP(**avg_cfg)), "final")
+    assert avg[0] == 0 and (avg[1:] > 0).all()
+
+
+def test_final_readout_and_block_heads_refuse_a_resnet() -> None:
+    with pytest.raises(ValueError, match="local_pool=final"):
+        make_units(tiny_clip(TINY_RESNET), 2, ClipLoss(), pool="final")
+    with pytest.raises(ValueError, match="local_head=block .* ViT"):
+        make_units(tiny_clip(TINY_RESNET), 2, ClipLoss(), head="block")
+
+
+def test_loss_groups_backprop_inside_a_group_and_detach_between_groups() -> None:
+    model = tiny_clip()
+    units = make_units(model, 4, ClipLoss(), groups=[[0, 1], [2, 3]])
+    assert len(units) == 2 and sorted(k for u in units for k in u.state_keys) == sorted(model.state_dict())
+    images, tokens = batch()
+    first, second = units
+    image_out, text_out, loss = first((images, tokens, tokens))
+    loss.backward()  # one loss after stage 1 trains stages 0 and 1 of both towers
+    for block in (*model.visual.transformer.resblocks[:2], *model.transformer.resblocks[:2]):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters() if p.requires_grad)
+    assert model.token_embedding.weight.grad is not None
+    first.zero_grad(set_to_none=True)
+    second.attach(torch.optim.AdamW(second.parameters(), lr=1e-3), None)
+    second.train_step([(image_out, text_out, tokens)])
+    assert all(p.grad is None for p in first.parameters())  # nothing crossed the group boundary
+    # With 5 image blocks the groups hold 2 + 3 blocks, as 2 stages would: the same first loss, bit for bit.
+    two_stages = make_units(tiny_clip(), 2, ClipLoss(), only=[0])[0]
+    assert torch.equal(two_stages((images, tokens, tokens))[2], loss)
+    with torch.no_grad():
+        image, text = split_clip(model, 4)
+        assert torch.equal(staged_forward(chain_stages(image, [[0], [1, 2, 3]]), images), model.encode_image(images))
+    with pytest.raises(ValueError, match="contiguous"):
+        chain_stages(image, [[0, 2], [1, 3]])
+
+
+def test_block_heads_run_on_tokens_with_the_causal_mask_and_are_seeded() -> None:
+    rng = torch.random.get_rng_state()
+    unit = make_units(tiny_clip(), 3, ClipLoss(), head="block", seed=3, only=[1])[0]
+    assert torch.equal(rng, torch.random.get_rng_state())  # building heads leaves the caller's RNG alone
+    same = make_units(tiny_clip(seed=1), 3, ClipLoss(), head="block", seed=3, only=[1])[0]
+    for (name, a), b in zip(unit.head.state_dict().items(), same.head.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert unit.head.image_block.attn.embed_dim == 64 and unit.head.text_block.attn.embed_dim == 48
+    _, tokens = batch()
+    text = torch.randn(6, 16, 48)
+    later = text.clone()
+    later[:, -1] += 1.0  # a position after every caption's EOT token
+    pooled = [unit.text.pool(unit.head.refine(torch.zeros(6, 5, 64), t, unit.text.attn_mask_for_head)[1], tokens)
+              for t in (text, later)]
+    assert torch.equal(pooled[0], pooled[1])  # causal: the EOT readout never sees later positions
+    unit((torch.randn(6, 17, 64), text, tokens))[2].backward()  # unit 1 reads stage 0's tokens
+    for block in (unit.head.image_block, unit.head.text_block):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"head": "block"}, {"pool": "final"}, {"groups": [[0, 1], [2]]},
+     {"head": "block", "pool": "final", "groups": [[0], [1, 2]]}],
+    ids=["block-head", "final-readout", "loss-groups", "all"],
+)
+def test_each_local_option_trains_for_three_steps(options: dict) -> None:
+    model = tiny_clip()
+    before = copy.deepcopy(model.state_dict())
+    units = make_units(model, 3, ClipLoss(), ortho_weight=1e-3, grad_clip=1.0, **options)
+    attach_adamw(units)
+    images, tokens = batch()
+    for _ in range(3):
+        metrics = run_units(units, [(images, tokens, tokens)])
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert f"stage{len(units) - 1}_contrastive" in metrics
+    unchanged = [name for name, p in model.named_parameters() if torch.equal(before[name], p)]
+    assert unchanged == []  # every stage of both towers learned, whatever the grouping

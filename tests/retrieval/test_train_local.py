@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from train_testing import checkpoint_weights, one_thread, train_overrides  # noqa: F401  (one_thread: autouse)
@@ -10,8 +12,11 @@ from retrieval.checkpoint import load_model, read_checkpoint
 from retrieval.commands.train import main as train_main
 from retrieval.config import load_config
 from retrieval.errors import UserError
+from retrieval.model import build_towers
 from retrieval.train import RunDir
 from retrieval.train.local import train_local
+from retrieval.train.local_pipeline import pipeline_layout
+from retrieval.train.local_units import build_units
 
 # Two blocks per tower, so that two stages each own one block (the shared tiny model has one).
 LOCAL = [
@@ -99,3 +104,43 @@ def test_stopped_sequential_then_resumed_pipelined_equals_uninterrupted(synth_da
 def test_configs_that_cannot_run_are_refused_clearly(synth_dataset, tmp_path, extra, message):
     with pytest.raises(UserError, match=message):
         train_local(local_config(synth_dataset, *extra), tmp_path / "run")
+
+
+FOUR_BLOCKS = [  # per-group losses need more stages than processes: 4 stages, 2 processes, 2 losses
+    "model.vision_cfg={image_size: 32, patch_size: 8, width: 32, layers: 4, head_width: 16, mlp_ratio: 2.0}",
+    "model.text_cfg={context_length: 16, vocab_size: 49408, width: 32, heads: 2, layers: 4, mlp_ratio: 2.0}",
+    "training.stages=4",
+    "training.pipeline_procs=2",
+]
+
+
+ALL_OPTIONS = [*FOUR_BLOCKS, "training.local_losses=per_group", "training.local_head=block",
+               "training.local_pool=final"]
+
+
+def test_local_options_reach_the_units(synth_dataset):
+    cfg = local_config(synth_dataset, *ALL_OPTIONS)
+    units = build_units(cfg, build_towers(cfg).model, torch.device("cpu"), total_steps=10)
+    assert len(units) == 2 and [len(u.image.stages) for u in units] == [2, 2]  # 4 stages, 2 losses
+    assert units[0].head.kind == "block" and units[0].image.stages[-1].readout == "final"
+    assert pipeline_layout(cfg["training"], torch.device("cpu"))[0] == [[0], [1]]  # one loss per process
+
+
+def test_local_options_train_and_pipeline_to_the_sequential_weights(synth_dataset, tmp_path):
+    """Per-group losses, block heads and the final readout together: 3 steps, sequential = pipelined."""
+    extra, losses = ALL_OPTIONS, 2
+    sequential = train_local(local_config(synth_dataset, "training.max_steps=3", *extra), tmp_path / "seq")
+    pipelined = train_local(local_config(synth_dataset, "training.max_steps=3", "training.pipeline=true", *extra),
+                            tmp_path / "pipe")
+    assert (sequential["step"], pipelined["step"], pipelined["mode"]) == (3, 3, "pipeline")
+    payload = read_checkpoint(RunDir(tmp_path / "seq").last)
+    assert len(payload["optimizer"]) == losses  # one optimizer per local loss, not per stage
+    records = _train_records(RunDir(tmp_path / "seq"))
+    assert {f"stage{k}_loss" for k in range(losses)} <= set(records[3]) and "stage2_loss" not in records[3]
+    assert all(math.isfinite(records[s]["loss"]) for s in (1, 2, 3))
+    seq, pipe = checkpoint_weights(RunDir(tmp_path / "seq").last), checkpoint_weights(RunDir(tmp_path / "pipe").last)
+    for key in seq:
+        assert torch.equal(seq[key], pipe[key]), key
+    heads = read_checkpoint(RunDir(tmp_path / "pipe").last)["extra_state"]["local_heads"]
+    reference = payload["extra_state"]["local_heads"]
+    assert heads.keys() == reference.keys() and all(torch.equal(heads[k], reference[k]) for k in reference)
