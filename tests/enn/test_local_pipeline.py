@@ -68,7 +68,13 @@ def test_units_are_grouped_contiguously() -> None:
 
 @pytest.mark.parametrize(
     ("head", "options"),
-    [("learned", {}), ("mlp", {}), ("block", {"pool": "final"}), ("random", {"groups": [[0, 1], [2, 3]]})],
+    [
+        ("learned", {}),
+        ("mlp", {}),
+        # ~50 s each; the trainer test in tests/retrieval/test_train_local.py covers both options in the default suite
+        pytest.param("block", {"pool": "final"}, marks=pytest.mark.slow),
+        pytest.param("random", {"groups": [[0, 1], [2, 3]]}, marks=pytest.mark.slow),
+    ],
     ids=["learned", "mlp", "block-head-final-readout", "loss-groups"],
 )
 def test_pipelined_parameters_equal_sequential_after_the_same_batches(head: str, options: dict) -> None:
