@@ -1,6 +1,10 @@
-"""Fixtures shared by every test package: a tiny but real open_clip model config."""
+"""Fixtures shared by every test package: a tiny but real open_clip model config, small real disks."""
 
 from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,3 +25,24 @@ def tiny_config() -> dict:
     from retrieval.config import load_config
 
     return load_config(None, TINY_MODEL_OVERRIDES)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mounts a tmpfs of a given size (e.g. "4m") under tmp_path: a real disk that fills up, for full-disk
+    tests. Needs root; unmounted after the test."""
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

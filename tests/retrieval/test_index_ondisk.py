@@ -4,7 +4,6 @@ compaction, read-only replicas following a primary, memory budgets, and builds t
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -157,17 +156,9 @@ def test_an_interrupted_build_leaves_the_old_index(folder, embedded, monkeypatch
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 4 MiB tmpfs (needs root, as in tests/service/test_api_disk_full.py)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_disk(tmpfs) -> Path:
+    """A 4 MiB tmpfs."""
+    return tmpfs("4m")
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_old_index(small_disk, tmp_path):
