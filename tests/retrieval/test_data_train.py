@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from retrieval.data import BadImageError, TrainDataset, load_records
+from retrieval.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,39 @@ def test_worker_errors_stay_one_line(make_karpathy, preprocess, tokenizer):
         next(iter(loader))
     message = str(caught.value)
     assert "\n" not in message and message.startswith("cannot read image") and "img000.png" in message
+
+
+def test_preloaded_cache_gives_the_same_samples_without_reading_files(make_karpathy, tokenizer):
+    ds_files = make_karpathy({"train": 4}, captions=3)
+    records = load_records(ds_files.cfg(), "train")
+    augment = open_clip.image_transform(16, is_train=True)  # random crops: the draws must match too
+
+    def samples(ds):
+        out = []
+        for index in range(len(ds)):
+            torch.manual_seed(10 + index)
+            out.append(ds[index])
+        return out
+
+    expected = samples(TrainDataset(records, augment, tokenizer, seed=3))
+    cached = TrainDataset(records, augment, tokenizer, seed=3)
+    held = cached.preload(max_bytes=1 << 20)
+    assert held == sum(np.asarray(Image.open(r.path).convert("RGB")).size for r in records)
+    for path in ds_files.images.iterdir():
+        path.unlink()  # after the preload no epoch touches the files
+    for (image, tokens), (want_image, want_tokens) in zip(samples(cached), expected, strict=True):
+        assert torch.equal(image, want_image) and torch.equal(tokens, want_tokens)
+
+
+def test_preload_refuses_a_set_over_its_budget_and_skips_bad_images(make_karpathy, preprocess, tokenizer):
+    ds_files = make_karpathy({"train": 3})
+    records = load_records(ds_files.cfg(), "train")
+    with pytest.raises(UserError, match=r"data.cache_images: the 3 decoded training images would take .* set data.cache_images: false"):
+        TrainDataset(records, preprocess, tokenizer).preload(max_bytes=100)
+    noisy_png(ds_files.images / "img001.png")
+    truncate(ds_files.images / "img001.png")
+    with pytest.raises(BadImageError, match=r"img001\.png"):
+        TrainDataset(records, preprocess, tokenizer).preload(max_bytes=1 << 24)
+    lenient = TrainDataset(records, preprocess, tokenizer, skip_bad=True)
+    lenient.preload(max_bytes=1 << 24)
+    assert torch.equal(lenient[1][0], lenient[2][0])  # the unreadable image is replaced by the next one
