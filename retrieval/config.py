@@ -124,6 +124,7 @@ _CHOICES = {
     ("enn", "ortho"): ("penalty", "exact", "none"),
     ("data", "format"): ("karpathy", "csv"),
     ("data", "captions"): ("random", "all"),
+    ("data", "hard_negatives"): ("none", "twins"),
     ("training", "method"): ("bp", "local"),
     ("training", "loss"): LOSSES,
     ("training", "precision"): ("auto", "fp32", "bf16"),

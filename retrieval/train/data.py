@@ -64,11 +64,18 @@ class SeededSamples(Dataset):
 
 
 class ResumableSampler(DistributedSampler):
-    """`DistributedSampler` (permutation seeded by seed + epoch, this rank's share) that can start mid-epoch."""
+    """`DistributedSampler` (permutation seeded by seed + epoch, this rank's share) that can start mid-epoch.
 
-    def __init__(self, dataset: Dataset, env: DistEnv, seed: int) -> None:
+    With `groups` (lists of dataset indices that belong together, e.g. a scene and its shape-swapped
+    twin), the epoch's permutation shuffles whole groups and keeps each group's members next to each other,
+    so they land in the same global batch (ranks take interleaved samples, so also across ranks) and each
+    becomes the other's hard negative.
+    """
+
+    def __init__(self, dataset: Dataset, env: DistEnv, seed: int, groups: list[list[int]] | None = None) -> None:
         super().__init__(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed, drop_last=True)
         self.start = 0
+        self.groups = groups
 
     def set_position(self, epoch: int, start: int) -> None:
         """Iterate `epoch`'s order from its `start`-th sample (of this rank's share) on."""
@@ -76,10 +83,26 @@ class ResumableSampler(DistributedSampler):
         self.start = start
 
     def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.start :])
+        if self.groups is None:
+            return iter(list(super().__iter__())[self.start :])
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.groups), generator=generator).tolist()
+        indices = [index for group in order for index in self.groups[group]][: self.total_size]
+        return iter(indices[self.rank : self.total_size : self.num_replicas][self.start :])
 
     def __len__(self) -> int:
         return self.num_samples - self.start
+
+
+def twin_groups(records: list) -> list[list[int]]:
+    """Record indices grouped with their twins (entries whose `twin_of` names another entry's imgid)."""
+    by_imgid = {record.meta.get("imgid"): index for index, record in enumerate(records)}
+    groups: dict[int, list[int]] = {}
+    for index, record in enumerate(records):
+        root = by_imgid.get(record.meta.get("twin_of"), index)
+        groups.setdefault(root, []).append(index)
+    return list(groups.values())
 
 
 @dataclass
@@ -158,7 +181,14 @@ def build_train_data(
     if data["cache_images"]:
         held = dataset.dataset.preload(CACHE_MAX_BYTES, workers=max(1, int(data["workers"])))
         log.info("decoded-image cache: %d images, %.0f MiB", len(dataset), held / 2**20)
-    sampler = ResumableSampler(dataset, env, seed=int(train["seed"]))
+    groups = None
+    if data["hard_negatives"] == "twins":
+        if data["captions"] != "random":
+            raise UserError("data.hard_negatives: twins needs data.captions: random (with `all`, an image's own "
+                            "captions would share its batches)")
+        groups = twin_groups(records)
+        log.info("hard negatives: %d twin pairs kept in the same batches", sum(len(g) > 1 for g in groups))
+    sampler = ResumableSampler(dataset, env, seed=int(train["seed"]), groups=groups)
     steps_per_epoch = sampler.num_samples // (micro_batch * accum)
     if steps_per_epoch == 0:
         raise UserError(

@@ -1,0 +1,77 @@
+"""The training sampler: twin scenes share a batch (hard negatives), every sample once per epoch, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from train_testing import train_config
+
+from retrieval.data.records import ImageRecord
+from retrieval.errors import UserError
+from retrieval.train import train_bp
+from retrieval.train.data import ResumableSampler, twin_groups
+from retrieval.train.distributed import DistEnv
+
+
+def records_with_twins(n: int, twins: dict[int, int]) -> list[ImageRecord]:
+    """n records with imgid = position; `twins` maps a twin's imgid to its original's."""
+    return [
+        ImageRecord(Path(f"{i}.png"), ["a caption"], "train", f"entry {i}",
+                    {"imgid": i, **({"twin_of": twins[i]} if i in twins else {})})
+        for i in range(n)
+    ]
+
+
+def env(rank: int = 0, world_size: int = 1) -> DistEnv:
+    return DistEnv(rank=rank, world_size=world_size, local_rank=rank, device=torch.device("cpu"))
+
+
+def test_twin_groups_pair_each_twin_with_its_original():
+    records = records_with_twins(7, {1: 0, 4: 3, 6: 5})
+    assert sorted(twin_groups(records)) == [[0, 1], [2], [3, 4], [5, 6]]
+
+
+def test_twins_are_adjacent_every_sample_once_and_epochs_differ():
+    records = records_with_twins(40, {i + 1: i for i in range(0, 40, 4)})  # 10 twin pairs, 20 singles
+    groups = twin_groups(records)
+    sampler = ResumableSampler(records, env(), seed=5, groups=groups)
+    orders = []
+    for epoch in range(3):
+        sampler.set_position(epoch, 0)
+        order = list(sampler)
+        assert sorted(order) == list(range(40))
+        for original in range(0, 40, 4):
+            position = order.index(original)
+            assert order[position + 1] == original + 1  # the twin comes right after its original
+        orders.append(order)
+    assert orders[0] != orders[1] != orders[2]
+    again = ResumableSampler(records, env(), seed=5, groups=groups)
+    again.set_position(1, 13)  # resuming mid-epoch continues the same order
+    assert list(again) == orders[1][13:]
+    assert len(again) == 40 - 13
+
+
+def test_ranks_interleave_so_twins_stay_in_one_global_batch():
+    records = records_with_twins(16, {i + 1: i for i in range(0, 16, 2)})
+    groups = twin_groups(records)
+    whole = ResumableSampler(records, env(), seed=1, groups=groups)
+    whole.set_position(0, 0)
+    shares = []
+    for rank in range(2):
+        part = ResumableSampler(records, env(rank, 2), seed=1, groups=groups)
+        part.set_position(0, 0)
+        shares.append(list(part))
+    assert shares[0] == list(whole)[0::2] and shares[1] == list(whole)[1::2]
+
+
+def test_hard_negatives_need_random_captions(synth_dataset, tmp_path):
+    with pytest.raises(UserError, match="data.hard_negatives: twins needs data.captions: random"):
+        train_bp(train_config(synth_dataset, "data.hard_negatives=twins", "data.captions=all"), tmp_path / "run")
+
+
+def test_training_runs_with_twins_and_the_image_cache(synth_dataset, tmp_path):
+    summary = train_bp(train_config(synth_dataset, "data.hard_negatives=twins", "data.cache_images=true",
+                                    "data.workers=0", "training.max_steps=3"), tmp_path / "run")
+    assert summary["step"] == 3
