@@ -143,10 +143,20 @@ def print_table(runs: list[dict]) -> None:
               + f"{r['load_average'][0]:>6.2f}-{r['load_average'][1]:.2f}")
 
 
+def save_runs(out: Path, new: list[dict]) -> dict:
+    """Merge `new` runs into the report at `out` (re-read first: another lane may have written) and save it."""
+    report = json.loads(out.read_text()) if out.is_file() else {"benchmark": "demo_recipe", "runs": []}
+    report["runs"] = [r for r in report["runs"] if r not in new] + new
+    report.update(date=time.strftime("%Y-%m-%d"), machine={"cpus": os.cpu_count(), "platform": platform.platform()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def main() -> None:
     args = parse_args()
     out = Path(args.out)
-    report = json.loads(out.read_text()) if out.is_file() else {"benchmark": "demo_recipe", "runs": []}
+    done = json.loads(out.read_text())["runs"] if out.is_file() else []
     jobs = [(name, plain, seed) for seed in args.seeds for name in args.variants
             for plain in ([False, True] if args.plain_twin else [False])]
 
@@ -154,18 +164,20 @@ def main() -> None:
         name, plain, seed = job
         print(f"[{time.strftime('%H:%M:%S')}] {name}{' (plain)' if plain else ''} seed {seed} (load {load_average()})",
               flush=True)
-        return one_run(args, name, plain, seed, report["runs"])
+        result = one_run(args, name, plain, seed, done)
+        save_runs(out, [result])  # each run as it ends: an interrupted sweep keeps what it finished
+        return result
 
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        new = list(pool.map(run, jobs))
-    runs = [r for r in report["runs"] if r not in new] + [r for r in new if r not in report["runs"]]
-    report.update(date=time.strftime("%Y-%m-%d"), runs=runs,
-                  machine={"cpus": os.cpu_count(), "platform": platform.platform()})
+        list(pool.map(run, jobs))
+    report = save_runs(out, [])
+    runs = report["runs"]
     print_table(runs)
     if args.demo:
         demo = time_demo(args, args.demo)
+        report = save_runs(out, [])
         report.setdefault("demos", []).append(demo)
-        twins = [r for r in runs if r["variant"] == f"{args.demo}-plain" and r["threads"] == args.threads]
+        twins = [r for r in report["runs"] if r["variant"] == f"{args.demo}-plain"]  # recall: any thread count
         report["summary"] = {
             "variant": args.demo, "test_rsum": demo["test_rsum"],
             "plain_twin_test_rsum": twins[-1]["test"]["rsum"] if twins else None,
@@ -175,7 +187,6 @@ def main() -> None:
     if args.plot:
         plot(runs, args.plot)
         print(f"wrote {args.plot}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
 

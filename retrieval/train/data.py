@@ -170,7 +170,7 @@ def build_train_data(
     dataset = SeededSamples(
         TrainDataset(
             records,
-            towers.preprocess_train,
+            towers.preprocess_train if data["augment"] else towers.preprocess_val,
             towers.tokenizer,
             captions=str(data["captions"]),
             seed=int(train["seed"]),

@@ -135,9 +135,10 @@ def train_step(
     train_cfg = cfg["training"]
     lam = penalty_weight(cfg["enn"])
     n = len(micro_batches)
+    image_format = torch.channels_last if train_cfg["channels_last"] else torch.contiguous_format
     contrastive_sum = penalty_sum = 0.0
     for i, (images, tokens) in enumerate(micro_batches):
-        images = images.to(env.device, non_blocking=True)
+        images = images.to(env.device, non_blocking=True, memory_format=image_format)
         tokens = tokens.to(env.device, non_blocking=True)
         # DDP all-reduces gradients only on the last micro-batch of the step.
         sync = i == n - 1 or not hasattr(model, "no_sync")

@@ -1,4 +1,5 @@
-"""The training sampler: twin scenes share a batch (hard negatives), every sample once per epoch, resumable."""
+"""The training data path: twin scenes share a batch (hard negatives), every sample once per epoch, resumable;
+the decoded-image cache and the NHWC layout train like the default path."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from train_testing import train_config
 
 from retrieval.data.records import ImageRecord
 from retrieval.errors import UserError
-from retrieval.train import train_bp
+from retrieval.train import RunDir, train_bp
 from retrieval.train.data import ResumableSampler, twin_groups
 from retrieval.train.distributed import DistEnv
 
@@ -75,3 +76,29 @@ def test_training_runs_with_twins_and_the_image_cache(synth_dataset, tmp_path):
     summary = train_bp(train_config(synth_dataset, "data.hard_negatives=twins", "data.cache_images=true",
                                     "data.workers=0", "training.max_steps=3"), tmp_path / "run")
     assert summary["step"] == 3
+
+
+def test_channels_last_trains_a_conv_tower_to_the_same_losses(synth_dataset, tmp_path):
+    """NHWC changes only the memory layout, so a conv tower's losses match the default layout's to float noise."""
+    resnet = ["model.vision_cfg={image_size: 32, layers: [1, 1, 1, 1], width: 8, head_width: 16}",
+              "training.max_steps=3"]
+    losses = {}
+    for layout in ("false", "true"):
+        train_bp(train_config(synth_dataset, *resnet, f"training.channels_last={layout}"), tmp_path / layout)
+        losses[layout] = [r["loss"] for r in RunDir(tmp_path / layout).read_metrics() if r["kind"] == "train"]
+    assert len(losses["true"]) == 3
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+
+
+def test_augment_false_trains_on_the_eval_preprocessing(synth_dataset):
+    from retrieval.data.images import load_image
+    from retrieval.model import build_towers
+    from retrieval.train.data import build_train_data
+
+    cfg = train_config(synth_dataset, "data.augment=false")
+    towers = build_towers(cfg)
+    data = build_train_data(cfg, towers, env())
+    record = data.dataset.dataset.records[0]
+    for epoch in (0, 1):  # the same pixels every epoch: no random crop
+        data.dataset.set_epoch(epoch)
+        assert torch.equal(data.dataset[0][0], towers.preprocess_val(load_image(record.path)))
