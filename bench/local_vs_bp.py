@@ -12,7 +12,8 @@
     python bench/local_vs_bp.py                          # all three parts (about an hour on 2 cores)
     python bench/local_vs_bp.py --parts speed model      # parts 1–2 only
     python bench/local_vs_bp.py --parts recall --set training.epochs=1
-    python bench/local_vs_bp.py --parts recall --variants local-final-readout local-block-heads   # issue 13
+    python bench/local_vs_bp.py --parts recall --config configs/synth-small-vit.yaml \
+        --variants local-final-readout local-block-heads      # issue 13 (block heads need a ViT tower)
 
 Prints tables and writes bench/results/local_vs_bp.json (finished recall runs are reused on a re-run).
 """

@@ -138,8 +138,13 @@ def open_clip_argv(model: str, data: Path, logs: Path, name: str, batch: int, wo
 
 def our_overrides(variant: str, data: Path, images: Path, batch: int, workers: int, threads: int, precision: str,
                   device: str, warmup: int) -> list[str]:
-    """`--set` pairs for `retrieval train`: the variant, the pairs file, one epoch, logs at step `warmup`."""
-    return [*VARIANTS[variant], "training.method=bp", "data.format=csv", f"data.path={data}", f"data.images={images}",
+    """`--set` pairs for `retrieval train`: the variant, the pairs file, one epoch, logs at step `warmup`.
+
+    The same work as open_clip's trainer per step: its train augmentation, every image decoded from its file
+    (no decoded-image cache), the default memory layout.
+    """
+    return [*VARIANTS[variant], "training.method=bp", "data.format=csv", "data.augment=true",
+            "data.cache_images=false", "training.channels_last=false", f"data.path={data}", f"data.images={images}",
             f"data.csv_img_key={IMG_KEY}", f"data.csv_caption_key={CAPTION_KEY}", 'data.csv_separator="\\t"',
             "data.train_splits=[train]", "data.val_split=null", "data.captions=random", f"data.workers={workers}",
             "training.epochs=1", "training.max_steps=null", f"training.batch_size={batch}", "training.accum_steps=1",

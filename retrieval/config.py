@@ -148,7 +148,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
                 "both towers must map into the same embedding space"
             )
     train = cfg["training"]
-    for key in ("epochs", "batch_size", "accum_steps", "stages"):
+    for key in ("epochs", "batch_size", "accum_steps", "stages", "val_every_epochs"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise UserError(f"config key training.{key} must be a positive integer, got {train[key]!r}")
     if train["batch_size"] % train["accum_steps"]:

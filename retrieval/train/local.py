@@ -157,7 +157,7 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, setup: RunSet
                 queued.epoch += 1
                 queued.batch_in_epoch = 0
                 progress.epoch, progress.batch_in_epoch = queued.epoch, 0
-            val = end_of_block(setup, cfg, trainables, progress) or val
+            val = end_of_block(setup, cfg, trainables, progress, final=progress.step >= stop_at) or val
             window_start = time.perf_counter()  # validation time is not training throughput
         finished(runner.finish())
     bar.close()

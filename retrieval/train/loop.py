@@ -124,7 +124,7 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv)
         if progress.batch_in_epoch >= data.steps_per_epoch:  # the epoch ran to its end
             progress.epoch += 1
             progress.batch_in_epoch = 0
-        val = end_of_block(setup, cfg, trainables, progress) or val
+        val = end_of_block(setup, cfg, trainables, progress, final=progress.step >= stop_at) or val
         window.restart_clock()  # validation time is not training throughput
     bar.close()
     return {

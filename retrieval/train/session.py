@@ -172,13 +172,19 @@ def log_train(setup: RunSetup, progress: Progress, values: Mapping[str, Any]) ->
     return record
 
 
-def end_of_block(setup: RunSetup, cfg: dict[str, Any], trainables: Trainables, progress: Progress) -> dict[str, Any]:
+def end_of_block(
+    setup: RunSetup, cfg: dict[str, Any], trainables: Trainables, progress: Progress, final: bool = True
+) -> dict[str, Any]:
     """Validate (rank 0), update best.pt on a better RSUM, write last.pt, log a `"kind": "val"` record, redraw curves.
 
     Without a validation split (`data.val_split: null`) best.pt is the last checkpoint and no RSUM is
-    recorded. Returns the validation metrics ({} on other ranks).
+    recorded. Between `training.val_every_epochs` epochs (and unless `final`) only last.pt is written.
+    Returns the validation metrics ({} on other ranks and when skipped).
     """
     if not setup.env.is_main:
+        return {}
+    if not final and progress.epoch % int(cfg["training"]["val_every_epochs"]):
+        save_last(setup, cfg, trainables, progress)
         return {}
     metrics: dict[str, Any] = {}
     if setup.val_set is not None:

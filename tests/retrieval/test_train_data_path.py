@@ -102,3 +102,11 @@ def test_augment_false_trains_on_the_eval_preprocessing(synth_dataset):
     for epoch in (0, 1):  # the same pixels every epoch: no random crop
         data.dataset.set_epoch(epoch)
         assert torch.equal(data.dataset[0][0], towers.preprocess_val(load_image(record.path)))
+
+
+def test_val_every_epochs_validates_every_nth_epoch_and_after_the_last_step(synth_dataset, tmp_path):
+    # 6 steps per epoch, 3 epochs, validation every 2nd epoch: after epoch 2 and (the last) epoch 3
+    train_bp(train_config(synth_dataset, "training.epochs=3", "training.val_every_epochs=2"), tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    assert [r["step"] for r in run.read_metrics() if r["kind"] == "val"] == [12, 18]
+    assert torch.load(run.last, map_location="cpu", weights_only=False)["step"] == 18
