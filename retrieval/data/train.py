@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -82,43 +82,43 @@ class TrainDataset(Dataset):
         Raises UserError, before decoding everything, when the first images say the whole set would not
         fit in `max_bytes`; an unreadable image raises as in training unless `skip_bad`.
         """
-
-        def decode(index: int) -> Image.Image | None:
-            record = self.records[index]
-            try:
-                return load_image(record.path, record.source)
-            except BadImageError as err:
-                if not self.skip_bad:
-                    raise
-                logger.warning("skipping unreadable training image: %s", err)
-                return None
-
-        sample = [img for img in map(decode, range(min(16, len(self.records)))) if img is not None]
-        estimate = len(self.records) * sum(img.width * img.height * 3 for img in sample) // max(1, len(sample))
+        head = [self._decode(i) for i in range(min(16, len(self.records)))]
+        readable = [img for img in head if img is not None]
+        estimate = len(self.records) * _pixel_bytes(readable) // max(1, len(readable))
         if estimate > max_bytes:
             raise UserError(
                 f"data.cache_images: the {len(self.records)} decoded training images would take about "
                 f"{estimate / 2**30:.1f} GiB, over the cache's {max_bytes / 2**30:.1f} GiB; set data.cache_images: false"
             )
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            self._decoded = list(pool.map(decode, range(len(self.records))))
+            self._decoded = head + list(pool.map(self._decode, range(len(head), len(self.records))))
         self._bad = {i for i, img in enumerate(self._decoded) if img is None}
-        return sum(img.width * img.height * 3 for img in self._decoded if img is not None)
+        return _pixel_bytes(img for img in self._decoded if img is not None)
+
+    def _decode(self, index: int) -> Image.Image | None:
+        """Decode image `index`; an unreadable one raises, or with `skip_bad` is logged and gives None."""
+        record = self.records[index]
+        try:
+            return load_image(record.path, record.source)
+        except BadImageError as err:
+            if not self.skip_bad:
+                raise
+            logger.warning("skipping unreadable training image: %s", err)
+            return None
 
     def _load(self, image_index: int) -> tuple[int, Any]:
-        """Decode image `image_index` (or take it from the cache), or (skip_bad) the next readable one after it."""
+        """Image `image_index` (from the cache, or decoded), or (skip_bad) the next readable one after it."""
         for step in range(len(self.records)):
             current = (image_index + step) % len(self.records)
             if current in self._bad:
                 continue
-            if self._decoded:
-                return current, self._decoded[current]
-            record = self.records[current]
-            try:
-                return current, load_image(record.path, record.source)
-            except BadImageError as err:
-                if not self.skip_bad:
-                    raise
-                self._bad.add(current)
-                logger.warning("skipping unreadable training image: %s", err)
+            image = self._decoded[current] if self._decoded else self._decode(current)
+            if image is not None:
+                return current, image
+            self._bad.add(current)
         raise UserError("no readable training image left (every image failed to decode)")
+
+
+def _pixel_bytes(images: Iterable[Image.Image]) -> int:
+    """Bytes the decoded RGB pixels of `images` take."""
+    return sum(img.width * img.height * 3 for img in images)
