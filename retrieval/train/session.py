@@ -103,7 +103,7 @@ def prepare_run(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: Dis
     if not cfg["model"]["pretrained"]:
         set_temperature(towers.model, float(cfg["training"]["init_temperature"]))
     towers.model.to(env.device)
-    if cfg["training"]["channels_last"]:  # conv towers run ~25 % faster on CPU (oneDNN) in NHWC
+    if cfg["training"]["channels_last"]:  # oneDNN runs conv towers faster in NHWC on CPU (docs/results.md)
         towers.model.visual.to(memory_format=torch.channels_last)
     if env.is_main:
         run.root.mkdir(parents=True, exist_ok=True)
