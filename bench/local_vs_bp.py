@@ -55,6 +55,12 @@ RECALL_VARIANTS = {
     # is local-2-stages up to the float rounding of the grad-norm sum: a check, not a new point.
     "local-per-group-2-procs": ["training.method=local", "training.local_head=random",
                                 "training.local_losses=per_group", "training.pipeline_procs=2"],
+    # conv towers (the ResNet demo model): readouts consistent with the final attention pool, AugLocal's
+    # next-layer auxiliary net, and cross-depth targets
+    "local-attnpool-heads": ["training.method=local", "training.local_head=attnpool"],
+    "local-auglocal-heads": ["training.method=local", "training.local_head=auglocal"],
+    "local-attnpool-cross-targets": ["training.method=local", "training.local_head=attnpool",
+                                     "training.local_targets=cross"],
 }
 DEFAULT_VARIANTS = ["bp", "local", "local-learned-heads", "local-mlp-heads", "local-2-stages", "local-pipelined"]
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -268,7 +274,7 @@ def recall_run(args: argparse.Namespace, variant: str, seed: int) -> dict:
     run = Path(args.runs) / f"{variant}-seed{seed}"
     done = run / "bench.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return _with_stage_recall(run, json.loads(done.read_text()))
     sets = [*RECALL_VARIANTS[variant], f"training.seed={seed}", "data.val_split=null", *args.overrides]
     if variant == "local-pipelined":
         sets += [f"training.pipeline_procs={args.procs}", "training.pipeline_threads=1"]
@@ -291,6 +297,20 @@ def recall_run(args: argparse.Namespace, variant: str, seed: int) -> dict:
               "samples_per_s_logged": statistics.median(r["samples_per_s"] for r in train[1:] or train),
               "final_loss": train[-1]["loss"], "test": _test_metrics(run / "test.json")}
     done.write_text(json.dumps(result, indent=1))
+    return _with_stage_recall(run, result)
+
+
+def _with_stage_recall(run: Path, result: dict) -> dict:
+    """Add (once, saved in bench.json) each unit's test recall through its local head: where it is lost."""
+    if "stages" in result or result["variant"] == "bp":
+        return result
+    import torch
+
+    from retrieval.train.local_probe import stage_recall
+
+    torch.set_num_threads(1)  # alongside another run: one core each
+    result["stages"] = [{m: s[m] for m in METRICS} for s in stage_recall(run / "checkpoints" / "last.pt")]
+    (run / "bench.json").write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -128,7 +128,8 @@ _CHOICES = {
     ("training", "method"): ("bp", "local"),
     ("training", "loss"): LOSSES,
     ("training", "precision"): ("auto", "fp32", "bf16"),
-    ("training", "local_head"): ("random", "learned", "mlp", "block"),
+    ("training", "local_head"): ("random", "learned", "mlp", "block", "attnpool", "auglocal"),
+    ("training", "local_targets"): ("own", "cross"),
     ("training", "local_losses"): ("per_stage", "per_group"),
     ("training", "local_pool"): ("mean", "final"),
 }

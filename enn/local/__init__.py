@@ -29,7 +29,7 @@ from enn.local.stages import (
     split_evenly,
     staged_forward,
 )
-from enn.local.unit import LocalUnit, Micro, bind_state_keys, make_units, run_units
+from enn.local.unit import LocalUnit, Micro, bind_state_keys, final_embeddings, make_units, run_units
 
 __all__ = [
     "HEAD_KINDS",
@@ -47,6 +47,7 @@ __all__ = [
     "UnitFactory",
     "VitStage",
     "bind_state_keys",
+    "final_embeddings",
     "chain_stages",
     "group_units",
     "make_units",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-HEAD_KINDS = ("random", "learned", "mlp", "block")
+HEAD_KINDS = ("random", "learned", "mlp", "block", "attnpool", "auglocal")
 
 
 def random_projection(rows: int, cols: int, generator: torch.Generator) -> Tensor:
@@ -34,7 +35,12 @@ class LocalHead(nn.Module):
     per tower (open_clip's `ResidualAttentionBlock`, shaped like the (image, text) template `blocks`, the
     stages' last blocks) runs on the stage's *tokens* before the readout, then a learned projection:
     depth at the token level, as DGL/InfoPro/AugLocal's auxiliary networks, so that binding across tokens
-    can still be read out. The temperature (a logit scale, like CLIP's) is learned in every case: the
+    can still be read out; `kind="attnpool"` (conv towers): the image map is read by a fresh attention
+    pool, the readout a ModifiedResNet's own final stage uses, instead of a global average, then a
+    learned projection (text: learned projection of its EOT token); `kind="auglocal"`: AugLocal's
+    auxiliary network adapted to two towers — a fresh copy of the *next* stage's first layer (image: its
+    bottleneck, text: its transformer block) before that readout, so the local loss judges the features
+    the way the following layer will read them. The temperature (a logit scale, like CLIP's) is learned in every case: the
     sharpness that suits an early stage is not the final one's. The LayerNorm mirrors the towers' own
     ln_post/ln_final → projection readout and keeps the scale of the residual stream out of the loss.
     """
@@ -47,19 +53,25 @@ class LocalHead(nn.Module):
         kind: str = "random",
         init_logit_scale: float = math.log(1 / 0.07),
         seed: int = 0,
-        blocks: tuple[nn.Module, nn.Module] | None = None,
+        blocks: tuple[nn.Module | None, nn.Module | None] = (None, None),
+        image_readout: Callable[[], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         if kind not in HEAD_KINDS:
             raise ValueError(f"unknown local head kind {kind!r}; valid: {', '.join(HEAD_KINDS)}")
-        if (kind == "block") != (blocks is not None):
-            raise ValueError("a block local head needs template blocks (the stages' last blocks); others none")
+        needs = {"block": (True, True, False), "attnpool": (False, False, True), "auglocal": (False, True, True)}
+        given = (blocks[0] is not None, blocks[1] is not None, image_readout is not None)
+        if given != needs.get(kind, (False, False, False)):
+            raise ValueError(f"a {kind} local head needs (image block, text block, image readout) = "
+                             f"{needs.get(kind, (False, False, False))}, got {given}")
         self.kind = kind
         generator = torch.Generator().manual_seed(seed)
-        if blocks is not None:
-            with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG stream is left untouched
-                torch.manual_seed(seed)
-                self.image_block, self.text_block = (fresh_block(b) for b in blocks)
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG stream is left untouched
+            torch.manual_seed(seed)
+            self.image_block = fresh_block(blocks[0]) if blocks[0] is not None else None
+            self.text_block = fresh_block(blocks[1]) if blocks[1] is not None else None
+            # (the image map → (B, image_width) vector; None: the stage's own pool)
+            self.image_readout = image_readout() if image_readout is not None else None
         image = random_projection(image_width, dim, generator)
         text = random_projection(text_width, dim, generator)
         if kind == "mlp":
@@ -75,11 +87,13 @@ class LocalHead(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
 
     def refine(self, image: Tensor, text: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Token-level part (block heads): (B, T, width) stage outputs → same shape; others: unchanged.
+        """Token-level part (block heads; auglocal's text block): (B, T, width) stage outputs → same shape.
         `text_mask` is the text tower's causal mask, so the EOT readout still sees only its prefix."""
-        if self.kind != "block":
-            return image, text
-        return self.image_block(image, attn_mask=None), self.text_block(text, attn_mask=text_mask)
+        if self.image_block is not None:
+            image = self.image_block(image, attn_mask=None)
+        if self.text_block is not None:
+            text = self.text_block(text, attn_mask=text_mask)
+        return image, text
 
     def forward(self, image: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
         """(B, image_width), (B, text_width) pooled features → L2-normalised (B, dim) pairs."""
@@ -102,3 +116,25 @@ def fresh_block(template: nn.Module) -> nn.Module:
     width = template.attn.embed_dim
     ratio = template.mlp.c_fc.out_features / width
     return ResidualAttentionBlock(width, template.attn.num_heads, mlp_ratio=ratio, batch_first=True)
+
+
+def attention_readout(width: int, spatial: int, head_width: int, out_width: int) -> nn.Module:
+    """A fresh open_clip `AttentionPool2d` over a (B, width, spatial, spatial) map → (B, out_width), with
+    heads of `head_width` channels and open_clip's initialisation (as ModifiedResNet's final readout)."""
+    from open_clip.modified_resnet import AttentionPool2d  # lazy: enn depends only on torch
+
+    pool = AttentionPool2d(spatial, width, max(1, width // head_width), out_width)
+    for proj in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
+        nn.init.normal_(proj.weight, std=width**-0.5)
+    return pool
+
+
+def next_layer_readout(template: nn.Module, spatial: int, head_width: int, out_width: int) -> nn.Module:
+    """AugLocal's auxiliary net for a conv stage: a fresh bottleneck shaped like `template` (the next
+    stage's first block, whose input is this stage's map of side `spatial`), then `attention_readout`."""
+    from open_clip.modified_resnet import Bottleneck
+
+    block = Bottleneck(template.conv1.in_channels, template.conv1.out_channels, template.stride)
+    nn.init.zeros_(block.bn3.weight)  # as ModifiedResNet.init_parameters: the block starts as its shortcut
+    width = template.conv1.out_channels * Bottleneck.expansion
+    return nn.Sequential(block, attention_readout(width, spatial // template.stride, head_width, out_width))

@@ -80,6 +80,11 @@ class TowerStage(nn.Module):
         """The stage's last residual block (the template of a `block` local head)."""
         return self.blocks[-1]
 
+    @property
+    def first_block(self) -> nn.Module:
+        """The stage's first residual block (the previous stage's `auglocal` head copies its shape)."""
+        return self.blocks[0]
+
     def extra_repr(self) -> str:
         return f"stage {self.index + 1}/{self.count}, width={self.width}"
 
@@ -139,6 +144,10 @@ class ResNetStage(TowerStage):
         super().__init__(index, count, width)
         self._tower = (visual,)
         self.layers = nn.ModuleList(chosen)
+        # The output map's side (the stem quarters the image, each layer after the first halves it) and the
+        # channels per head of the tower's own attention pool: what an attention-pool local head needs.
+        self.spatial = visual.image_size // 4 // 2 ** layers[-1]
+        self.head_width = visual.attnpool.k_proj.in_features // visual.attnpool.num_heads
         if self.is_first:
             self.stem = nn.ModuleList(
                 [visual.conv1, visual.bn1, visual.act1, visual.conv2, visual.bn2, visual.act2,
@@ -157,6 +166,14 @@ class ResNetStage(TowerStage):
     def pool(self, h: Tensor, tokens: Tensor | None = None) -> Tensor:
         """Global average over the feature map (the usual ResNet summary)."""
         return h.mean(dim=(2, 3))
+
+    @property
+    def last_block(self) -> nn.Module:
+        return self.layers[-1][-1]
+
+    @property
+    def first_block(self) -> nn.Module:
+        return self.layers[0][0]
 
 
 class TextStage(TowerStage):
@@ -227,6 +244,15 @@ class StageChain(TowerStage):
     @property
     def last_block(self) -> nn.Module:
         return self.stages[-1].last_block
+
+    @property
+    def first_block(self) -> nn.Module:
+        return self.stages[0].first_block
+
+    def __getattr__(self, name: str):
+        if name in ("spatial", "head_width"):  # a conv group's map is its last stage's
+            return getattr(self.stages[-1], name)
+        return super().__getattr__(name)
 
     def extra_repr(self) -> str:
         first, last = self.stages[0].index, self.stages[-1].index

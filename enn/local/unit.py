@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from enn.local.heads import LocalHead
+from enn.local.heads import LocalHead, attention_readout, next_layer_readout
 from enn.local.stages import TowerStage, VitStage, chain_stages, split_clip
 from enn.orthogonality import orthogonality_error, orthogonality_loss
 
@@ -82,36 +83,54 @@ class LocalUnit(nn.Module):
         own = [*self.image.parameters(), *self.image.buffers(), *self.text.parameters(), *self.text.buffers()]
         return [*own, self.logit_scale] if self.is_last else own
 
-    def forward(self, micro: Micro) -> tuple[Tensor, Tensor, Tensor]:
-        """(image output, text output, contrastive loss) of one micro-batch; inputs are detached here."""
+    def forward(self, micro: Micro, target: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(image output, text output, contrastive loss) of one micro-batch; inputs are detached here.
+
+        `target` (cross-depth targets, non-last units): the towers' final (image, text) embeddings of the
+        same samples, L2-normalised and detached. The loss is then ½ · (stage image ↔ stage text) + ¼ ·
+        (stage image ↔ final text) + ¼ · (final image ↔ stage text): each stage also learns to agree with
+        what the *other* tower finally makes of the pair, not only with its own depth's view of it."""
         device = next(self.parameters()).device
-        image, text, tokens = (t.detach().to(device, non_blocking=True) for t in micro)
         with self.autocast():
-            image = self.image(image, tokens)
-            text = self.text(text, tokens)
-            if self.is_last:
-                img_feat, txt_feat = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
-                scale = self.logit_scale
-            else:
-                image_h, text_h = self.head.refine(image, text, self.text.attn_mask_for_head)
-                img_feat, txt_feat = self.head(self.image.pool(image_h, tokens), self.text.pool(text_h, tokens))
-                scale = self.head.logit_scale
+            image, text, img_feat, txt_feat = self.features(micro)
+            scale = self.logit_scale if self.is_last else self.head.logit_scale
             loss = self._loss_fn[0](img_feat, txt_feat, scale.exp())
+            if target is not None and not self.is_last:
+                final_image, final_text = (t.to(device) for t in target)
+                cross = self._loss_fn[0](img_feat, final_text, scale.exp()) + self._loss_fn[0](final_image, txt_feat, scale.exp())
+                loss = 0.5 * loss + 0.25 * cross
         return image, text, loss
 
-    def train_step(self, micro_batches: Sequence[Micro], monitor: bool = False) -> tuple[list[Micro], dict[str, float]]:
+    def features(self, micro: Micro) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(image output, text output, image feature, text feature): the stage outputs (the next unit's
+        inputs) and the L2-normalised pair the loss compares (through the local head; last: the model's
+        embeddings). Also what a per-stage recall reads (`retrieval.train.local_probe`)."""
+        device = next(self.parameters()).device
+        image, text, tokens = (t.detach().to(device, non_blocking=True) for t in micro)
+        image = self.image(image, tokens)
+        text = self.text(text, tokens)
+        if self.is_last:
+            return image, text, F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        image_h, text_h = self.head.refine(image, text, self.text.attn_mask_for_head)
+        readout = self.head.image_readout
+        image_v = readout(image_h) if readout is not None else self.image.pool(image_h, tokens)
+        return image, text, *self.head(image_v, self.text.pool(text_h, tokens))
+
+    def train_step(self, micro_batches: Sequence[Micro], monitor: bool = False,
+                   targets: Sequence[tuple[Tensor, Tensor]] | None = None) -> tuple[list[Micro], dict[str, float]]:
         """One optimizer step over `micro_batches` (gradients accumulated); returns the detached outputs
         (the next unit's inputs) and this unit's metrics (`stage{k}_*`, and `lr`, the rate this step
-        used). `monitor` adds `stage{k}_ortho_error` (enn.orthogonality_error of the stage, after the step)."""
+        used). `monitor` adds `stage{k}_ortho_error` (enn.orthogonality_error of the stage, after the step).
+        `targets`: one cross-depth target per micro-batch (see `forward`), or None."""
         if self.optimizer is None:
             raise RuntimeError(f"unit {self.index} has no optimizer: call attach() first")
         self.train()
         self.optimizer.zero_grad(set_to_none=True)
         outputs, contrastive = [], 0.0
         n = len(micro_batches)
-        for micro in micro_batches:
+        for i, micro in enumerate(micro_batches):
             with parametrize.cached():  # each ENN weight materialised once per micro-batch (see retrieval step)
-                image, text, loss = self(micro)
+                image, text, loss = self(micro, targets[i] if targets is not None else None)
                 (loss / n).backward()
             contrastive += float(loss.detach()) / n
             outputs.append((image.detach(), text.detach(), micro[2]))
@@ -189,14 +208,41 @@ def bind_state_keys(model: nn.Module, units: Sequence[LocalUnit]) -> None:
             raise ValueError(f"no stage owns {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
 
 
-def run_units(units: Sequence[LocalUnit], micro_batches: Sequence[Micro], monitor: bool = False) -> dict[str, float]:
+def run_units(units: Sequence[LocalUnit], micro_batches: Sequence[Micro], monitor: bool = False,
+              cross_targets: bool = False) -> dict[str, float]:
     """One ENN-ℓ training step in this process: each unit in turn trains on the step's batch and passes
-    its detached outputs to the next (the sequential reference the pipeline must reproduce)."""
+    its detached outputs to the next (the sequential reference the pipeline must reproduce).
+
+    `cross_targets`: first embed the batch with all units as they stand (no gradient), and give every
+    non-last unit those final embeddings as targets (`LocalUnit.forward`). They are computed with the
+    weights this very step starts from, so they are not stale; the price is one more forward pass of
+    both towers per step, and that every unit's weights must be in this process (no pipeline)."""
+    targets = final_embeddings(units, micro_batches) if cross_targets else None
     metrics: dict[str, float] = {}
     for unit in units:
-        micro_batches, unit_metrics = unit.train_step(micro_batches, monitor)
+        micro_batches, unit_metrics = unit.train_step(micro_batches, monitor, targets)
         metrics.update(unit_metrics)
     return metrics
+
+
+@torch.no_grad()
+def final_embeddings(units: Sequence[LocalUnit], micro_batches: Sequence[Micro]) -> list[tuple[Tensor, Tensor]]:
+    """The towers' L2-normalised (image, text) embeddings of each micro-batch, in training mode (batch-norm
+    on batch statistics, as the step itself) with every buffer (running statistics) left as it was."""
+    buffers = [b for u in units for b in u.buffers()]
+    saved = [b.clone() for b in buffers]
+    out = []
+    for micro in micro_batches:
+        for unit in units:
+            unit.train()
+            with unit.autocast(), parametrize.cached():
+                device = next(unit.parameters()).device
+                image, text, tokens = (t.to(device) for t in micro)
+                micro = (unit.image(image, tokens), unit.text(text, tokens), micro[2])
+        out.append((F.normalize(micro[0].float(), dim=-1), F.normalize(micro[1].float(), dim=-1)))
+    for b, value in zip(buffers, saved, strict=True):
+        b.copy_(value)
+    return out
 
 
 def make_units(
@@ -222,18 +268,36 @@ def make_units(
     image, text = split_clip(model, stages, pool)
     if groups is not None:
         image, text = chain_stages(image, groups), chain_stages(text, groups)
-    if head == "block" and not isinstance(getattr(image[0], "stages", image)[0], VitStage):
+    is_vit = isinstance(getattr(image[0], "stages", image)[0], VitStage)
+    if head == "block" and not is_vit:
         raise ValueError("local_head=block runs a transformer block on the stage's tokens: it needs a ViT image tower")
+    if head in ("attnpool", "auglocal") and is_vit:
+        raise ValueError(f"local_head={head} reads a conv feature map with an attention pool: it needs a "
+                         "ModifiedResNet image tower (a ViT's token-level head is local_head=block)")
     count = len(image)
     dim = int(model.visual.output_dim)  # the shared embedding size (ViT and ModifiedResNet both record it)
     units = []
     for k in only if only is not None else range(count):
         local_head = None
         if k < count - 1:
-            blocks = (image[k].last_block, text[k].last_block) if head == "block" else None
             local_head = LocalHead(image[k].width, text[k].width, dim, head, init_logit_scale, seed * 1009 + k,
-                                   blocks)
+                                   *_head_parts(head, image, text, k))
         scale = model.logit_scale if k == count - 1 else None
         units.append(LocalUnit(image[k], text[k], loss_fn, local_head, scale, **unit_kwargs))
     bind_state_keys(model, units)
     return units
+
+
+def _head_parts(head: str, image: Sequence[TowerStage], text: Sequence[TowerStage], k: int) -> tuple:
+    """(template blocks, image readout factory) of unit k's `head` kind (see `LocalHead`)."""
+    if head == "block":
+        return (image[k].last_block, text[k].last_block), None
+    stage = image[k]
+    if head == "attnpool":
+        return (None, None), functools.partial(attention_readout, stage.width, stage.spatial, stage.head_width,
+                                               stage.width)
+    if head == "auglocal":
+        readout = functools.partial(next_layer_readout, image[k + 1].first_block, stage.spatial, stage.head_width,
+                                    stage.width)
+        return (None, text[k + 1].first_block), readout
+    return (None, None), None

@@ -85,7 +85,7 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, setup: RunSet
         setup.run.truncate_metrics(progress.step)
     pipelined = bool(train_cfg["pipeline"])
     runner = (PipelinedRunner(cfg, setup.towers.model_cfg, units, total_steps, device) if pipelined
-              else SequentialRunner(units))
+              else SequentialRunner(units, train_cfg["local_targets"] == "cross"))
     max_steps = train_cfg["max_steps"]
     stop_at = min(total_steps, int(max_steps)) if max_steps else total_steps
     log_every = max(1, int(train_cfg["log_every_steps"]))

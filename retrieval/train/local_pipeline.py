@@ -41,8 +41,8 @@ class SequentialRunner:
 
     mode = "sequential"
 
-    def __init__(self, units: Sequence[LocalUnit]) -> None:
-        self.units = list(units)
+    def __init__(self, units: Sequence[LocalUnit], cross_targets: bool = False) -> None:
+        self.units, self.cross_targets = list(units), cross_targets
 
     def __enter__(self) -> SequentialRunner:
         return self
@@ -52,7 +52,7 @@ class SequentialRunner:
 
     def submit(self, step: int, micro_batches: Batch, snapshot: bool = False, monitor: bool = False) -> list[StepReport]:
         """Train step `step` now; the model is live, so no state needs to travel."""
-        return [StepReport(step, run_units(self.units, _micro(micro_batches), monitor), None)]
+        return [StepReport(step, run_units(self.units, _micro(micro_batches), monitor, self.cross_targets), None)]
 
     def wait(self, step: int) -> list[StepReport]:
         """Nothing is ever in flight."""
@@ -95,6 +95,10 @@ class PipelinedRunner:
     def __init__(self, cfg: dict[str, Any], model_cfg: dict[str, Any], units: Sequence[LocalUnit],
                  total_steps: int, device: torch.device) -> None:
         train = cfg["training"]
+        if train["local_targets"] == "cross":
+            raise UserError("training.local_targets=cross needs the final embeddings of each batch before its "
+                            "first stage trains, i.e. every stage's weights in one process: use "
+                            "training.pipeline=false")
         timeout = train["pipeline_timeout"]
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise UserError(f"training.pipeline_timeout must be a positive number of seconds, got {timeout!r}")

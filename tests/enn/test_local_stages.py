@@ -8,10 +8,12 @@ import functools
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 from open_clip.loss import ClipLoss
+from torch.nn.utils import parametrize
 
 import enn
-from enn.local import chain_stages, make_units, run_units, split_clip, staged_forward
+from enn.local import chain_stages, final_embeddings, make_units, run_units, split_clip, staged_forward
 
 TINY_VIT = {
     "embed_dim": 32,
@@ -261,3 +263,47 @@ def test_each_local_option_trains_for_three_steps(options: dict) -> None:
     assert f"stage{len(units) - 1}_contrastive" in metrics
     unchanged = [name for name, p in model.named_parameters() if torch.equal(before[name], p)]
     assert unchanged == []  # every stage of both towers learned, whatever the grouping
+
+
+def test_attention_pool_heads_read_the_map_and_auglocal_heads_copy_the_next_layer() -> None:
+    from open_clip.modified_resnet import AttentionPool2d, Bottleneck
+
+    units = make_units(tiny_clip(TINY_RESNET), 4, ClipLoss(), head="attnpool")
+    pool = units[0].head.image_readout  # stage 0: 64 channels on a 16 × 16 map, heads of 16 channels
+    assert isinstance(pool, AttentionPool2d) and pool.positional_embedding.shape == (16 * 16 + 1, 64)
+    assert pool.num_heads == 4 and units[0].head.text_block is None
+    aug = make_units(tiny_clip(TINY_RESNET), 4, ClipLoss(), head="auglocal")
+    block, readout = aug[1].head.image_readout  # stage 1 (128 ch, 8 × 8) gets a fresh layer-3 bottleneck
+    assert isinstance(block, Bottleneck) and (block.conv1.in_channels, block.conv1.out_channels, block.stride) == (128, 64, 2)
+    assert readout.positional_embedding.shape == (4 * 4 + 1, 256)
+    assert not any(parametrize.is_parametrized(m) for m in block.modules())  # a plain head, not ENN
+    assert aug[1].head.text_block.attn.embed_dim == 48
+    images, tokens = batch(image_size=64)
+    aug[1]((torch.randn(6, 64, 16, 16), torch.randn(6, 16, 48), tokens))[2].backward()
+    for module in (readout, aug[1].head.text_block):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters() if p.requires_grad)
+    assert block.bn3.weight.grad.abs().sum() > 0  # (zero-initialised, as the tower's: its convs learn from step 2)
+    with pytest.raises(ValueError, match="local_head=attnpool .* ModifiedResNet"):
+        make_units(tiny_clip(), 2, ClipLoss(), head="attnpool")
+
+
+def test_cross_targets_are_this_steps_final_embeddings_and_leave_buffers_alone() -> None:
+    model = tiny_clip(TINY_RESNET)
+    reference = copy.deepcopy(model).train()
+    units = make_units(model, 2, ClipLoss(), head="learned")
+    attach_adamw(units)
+    images, tokens = batch(image_size=64)
+    buffers = copy.deepcopy(dict(model.named_buffers()))
+    (image, text), = final_embeddings(units, [(images, tokens, tokens)])
+    with torch.no_grad():
+        assert torch.allclose(image, F.normalize(reference.encode_image(images), dim=-1), atol=1e-6)
+        assert torch.allclose(text, F.normalize(reference.encode_text(tokens), dim=-1), atol=1e-6)
+    assert all(torch.equal(b, buffers[name]) for name, b in model.named_buffers())  # BN statistics untouched
+    own = units[0]((images, tokens, tokens))[2]
+    crossed = units[0]((images, tokens, tokens), (image, text))[2]
+    assert not torch.isclose(own, crossed)  # the targets enter the first unit's loss
+    before = copy.deepcopy(model.state_dict())
+    for _ in range(2):
+        metrics = run_units(units, [(images, tokens, tokens)], cross_targets=True)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert [name for name, p in model.named_parameters() if torch.equal(before[name], p)] == []

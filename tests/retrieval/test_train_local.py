@@ -144,3 +144,45 @@ def test_local_options_train_and_pipeline_to_the_sequential_weights(synth_datase
     heads = read_checkpoint(RunDir(tmp_path / "pipe").last)["extra_state"]["local_heads"]
     reference = payload["extra_state"]["local_heads"]
     assert heads.keys() == reference.keys() and all(torch.equal(heads[k], reference[k]) for k in reference)
+
+
+def test_stage_recall_scores_every_unit_and_the_last_is_the_models_own(sequential_run, synth_dataset):
+    from retrieval.evaluate import evaluate, load_eval_set
+    from retrieval.train.local_probe import stage_recall
+
+    stages = stage_recall(sequential_run.last, split="val")
+    assert len(stages) == 2 and all(0 <= s["rsum"] <= 600 for s in stages)
+    loaded = load_model(sequential_run.last, device="cpu")
+    own = evaluate(loaded, load_eval_set(loaded.config["data"], "val"))
+    assert stages[-1]["rsum"] == pytest.approx(own["rsum"], abs=1e-6)
+    with pytest.raises(UserError, match="has no local heads"):
+        stage_recall(_bp_checkpoint(synth_dataset, sequential_run.root.parent / "bp"), split="val")
+
+
+def _bp_checkpoint(dataset, out):
+    from retrieval.train.loop import train_bp
+
+    train_bp(load_config(None, train_overrides(dataset, "training.max_steps=1")), out)
+    return RunDir(out).last
+
+
+def test_cross_targets_refuse_the_pipeline(synth_dataset, tmp_path):
+    with pytest.raises(UserError, match="local_targets=cross needs .*pipeline=false"):
+        train_local(local_config(synth_dataset, "training.local_targets=cross", "training.pipeline=true"), tmp_path / "r")
+
+
+RESNET = ["model.vision_cfg={image_size: 32, layers: [1, 1, 1, 1], width: 8, head_width: 16}", "training.stages=2"]
+
+
+@pytest.mark.slow  # ~40 s: two trainings with pipeline start-up; the ViT twin above runs by default
+def test_resnet_auglocal_heads_pipeline_to_the_sequential_weights(synth_dataset, tmp_path):
+    """Conv heads carry batch-norm statistics and a fresh bottleneck: they too must travel bit for bit."""
+    extra = [*RESNET, "training.local_head=auglocal", "training.max_steps=3"]
+    train_local(local_config(synth_dataset, *extra), tmp_path / "seq")
+    train_local(local_config(synth_dataset, *extra, "training.pipeline=true"), tmp_path / "pipe")
+    seq, pipe = (read_checkpoint(RunDir(tmp_path / name).last) for name in ("seq", "pipe"))
+    for key, value in seq["model"].items():
+        assert torch.equal(pipe["model"][key], value), key
+    heads = seq["extra_state"]["local_heads"]
+    assert any("running_mean" in k for k in heads)  # the head's own batch-norm statistics are saved
+    assert all(torch.equal(pipe["extra_state"]["local_heads"][k], v) for k, v in heads.items())
