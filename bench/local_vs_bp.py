@@ -2,18 +2,19 @@
 
 1. speed: preprocessed synth batches held in memory (no image decoding in the timed loop), each method
    in a fresh process: BP (one process, --threads threads), ENN-ℓ sequential (the same), ENN-ℓ
-   pipelined (--procs processes × 1 thread), and BP with one thread. samples/s over timed steps after warm-up; per process,
-   peak RSS (VmHWM, counts shared library pages in full) and sampled peak USS (private memory only).
-2. stage model: each unit's step time and the BP step time, one thread each → the pipeline time per
-   batch with one core/device per stage (max stage time) against BP on one, for 2 and S devices.
-3. recall: `retrieval train` for the same number of samples per method × seed, then `retrieval eval`
-   of last.pt on the test split (mean ± std over seeds).
+   pipelined (--procs processes × 1 thread), and BP with one thread. samples/s over timed steps after
+   warm-up; per process, peak RSS (VmHWM, counts shared library pages in full) and sampled peak USS
+   (private memory only). `--set` picks the ENN-ℓ variant (BP ignores the local keys).
+2. recall: `retrieval train` for the same number of samples per variant × seed, then `retrieval eval`
+   of last.pt on the test split (mean ± std over seeds), and each unit's local-head recall on it
+   (`retrieval.train.local_probe`: where information is lost).
+The S-device model (per-stage compute + activation transfers) is bench/local_stage_model.py.
 
-    python bench/local_vs_bp.py                          # all three parts (about an hour on 2 cores)
-    python bench/local_vs_bp.py --parts speed model      # parts 1–2 only
-    python bench/local_vs_bp.py --parts recall --set training.epochs=1
+    python bench/local_vs_bp.py                          # both parts (hours on 2 cores)
+    python bench/local_vs_bp.py --parts speed --set training.local_head=attnpool
+    python bench/local_vs_bp.py --parts recall --variants bp local local-attnpool-heads
     python bench/local_vs_bp.py --parts recall --config configs/synth-small-vit.yaml \
-        --variants local-final-readout local-block-heads      # issue 13 (block heads need a ViT tower)
+        --variants local-final-readout local-block-heads      # block heads need a ViT tower
 
 Prints tables and writes bench/results/local_vs_bp.json (finished recall runs are reused on a re-run).
 """
@@ -21,7 +22,6 @@ Prints tables and writes bench/results/local_vs_bp.json (finished recall runs ar
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -69,7 +69,7 @@ METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/synth-small.yaml")
-    parser.add_argument("--parts", nargs="+", default=["speed", "model", "recall"], choices=["speed", "model", "recall"])
+    parser.add_argument("--parts", nargs="+", default=["speed", "recall"], choices=["speed", "recall"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run (recall budget, e.g. training.epochs=1)")
     parser.add_argument("--threads", type=int, default=2, help="cores: BP/sequential threads")
@@ -86,7 +86,7 @@ def parse_args() -> argparse.Namespace:
                         help="seeds for the local-pipelined recall check (same parameters as sequential)")
     parser.add_argument("--runs", default="runs/local_vs_bp")
     parser.add_argument("--out", default="bench/results/local_vs_bp.json")
-    parser.add_argument("--worker", choices=["speed", "model"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["speed"], help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -214,40 +214,6 @@ def speed_worker(args: argparse.Namespace) -> dict:
             "peak_private_mb": private, "baseline_uss_mb": baseline_uss_kb / 1024}
 
 
-def model_worker(args: argparse.Namespace) -> dict:
-    """One thread: each unit's train_step CPU time, and the BP step's, medians over the timed steps."""
-    import torch
-
-    from retrieval.train.local_units import build_units
-    from retrieval.train.optim import build_optimizer, build_scheduler
-    from retrieval.train.step import build_loss, train_step
-
-    cfg, towers, env, batches, _, _ = _setup(args, ["training.method=local"], 1)
-    total = args.warmup + args.steps
-    bp_model = copy.deepcopy(towers.model)
-    units = build_units(cfg, towers.model, env.device, total)
-    # CPU time of this single-threaded process: robust to other processes sharing the cores.
-    unit_times: list[list[float]] = [[] for _ in units]
-    for step in range(total):
-        micro = [(img, tok, tok) for img, tok in batches[step % len(batches)]]
-        for k, unit in enumerate(units):
-            t0 = time.process_time()
-            micro, _ = unit.train_step(micro)
-            unit_times[k].append(time.process_time() - t0)
-    optimizer = build_optimizer(bp_model, cfg["training"])
-    scheduler, loss_fn = build_scheduler(optimizer, cfg["training"], total), build_loss(env)
-    bp_times = []
-    for step in range(total):
-        t0 = time.process_time()
-        train_step(bp_model, bp_model, batches[step % len(batches)], loss_fn, optimizer, scheduler, cfg, env)
-        bp_times.append(time.process_time() - t0)
-    med = [statistics.median(t[args.warmup:]) for t in unit_times]
-    return {"unit_step_s": med, "bp_step_s": statistics.median(bp_times[args.warmup:]),
-            "threads": torch.get_num_threads()}
-
-
-# -- driver side -----------------------------------------------------------------------------------------
-
 def run_worker(args: argparse.Namespace, kind: str, method: str = "") -> dict:
     """Run one measurement in a fresh interpreter (clean peak-RSS accounting, own thread settings)."""
     cmd = [sys.executable, __file__, "--worker", kind, "--method", method, "--config", args.config,
@@ -329,10 +295,30 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def headline(results: dict) -> dict:
+    """The issue's summary: the best ENN-ℓ variant (highest mean test RSUM over ≥ 3 seeds) against BP, and
+    the speed part's pipelined throughput and largest stage-process USS against BP's (that part's own
+    variant: `speed_variant`)."""
+    recall = results["recall"]["summary"]
+    full = {v: r for v, r in recall.items() if v != "bp" and len(r["seeds"]) >= 3}
+    out: dict = {"best_variant": None, "rsum_ratio_vs_bp": None, "seeds": []}
+    if full and "bp" in recall:
+        best = max(full, key=lambda v: full[v]["rsum"][0])
+        out.update(best_variant=best, rsum_ratio_vs_bp=full[best]["rsum"][0] / recall["bp"]["rsum"][0],
+                   seeds=full[best]["seeds"])
+    speed = results.get("speed")
+    if speed:
+        bp, pipe = speed["methods"]["bp"], speed["methods"]["local-pipelined"]
+        uss = max(v["uss_mb"] for k, v in pipe["peak_private_mb"].items() if k.startswith("stage_proc"))
+        out.update(throughput_ratio_vs_bp=pipe["samples_per_s"] / bp["samples_per_s"],
+                   uss_ratio_vs_bp=uss / bp["peak_private_mb"]["main"]["uss_mb"], speed_variant=speed["overrides"])
+    return out
+
+
 def main() -> None:
     args = parse_args()
     if args.worker:
-        print(json.dumps(speed_worker(args) if args.worker == "speed" else model_worker(args)))
+        print(json.dumps(speed_worker(args)))
         return
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
@@ -343,7 +329,7 @@ def main() -> None:
         load = os.getloadavg()[0]
         rounds = [{m: run_worker(args, "speed", m) for m in SPEED_METHODS} for _ in range(args.repeats)]
         speed = {m: _median_run([r[m] for r in rounds]) for m in SPEED_METHODS}
-        results["speed"] = {"load_before": load, "load_after": os.getloadavg()[0], "threads": args.threads,
+        results["speed"] = {"overrides": args.overrides, "load_before": load, "load_after": os.getloadavg()[0], "threads": args.threads,
                             "procs": args.procs, "timed_steps": args.steps, "repeats": args.repeats,
                             "methods": speed, "rounds": rounds}
         bp = speed["bp"]
@@ -356,18 +342,6 @@ def main() -> None:
             print(f"{m:18} {r['samples_per_s']:9.1f} {r['samples_per_s'] / bp['samples_per_s']:6.2f}  {mem}")
         print(f"(a process that only imported torch/open_clip/retrieval: {bp['baseline_rss_mb']:.0f} MB RSS, "
               f"{bp['baseline_uss_mb']:.0f} MB USS)")
-    if "model" in args.parts:
-        model = run_worker(args, "model")
-        t, bp1 = model["unit_step_s"], model["bp_step_s"]
-        half = len(t) // 2
-        model.update({"modelled_speedup_S_devices": bp1 / max(t),
-                      "modelled_speedup_2_devices": bp1 / max(sum(t[:half]), sum(t[half:])),
-                      "local_sequential_vs_bp_1thread": bp1 / sum(t)})
-        results["stage_model"] = model
-        print("\nstage model (1 thread, CPU time per step): " + ", ".join(f"unit {k} {s * 1000:.0f} ms" for k, s in enumerate(t))
-              + f"; BP step {bp1 * 1000:.0f} ms")
-        print(f"modelled speed-up over BP: {model['modelled_speedup_2_devices']:.2f}× on 2 devices, "
-              f"{model['modelled_speedup_S_devices']:.2f}× on {len(t)} devices (one stage each)")
     if "recall" in args.parts:
         for v in args.variants:
             for s in args.pipelined_seeds if v == "local-pipelined" else args.seeds:
@@ -375,6 +349,8 @@ def main() -> None:
         runs = [json.loads(p.read_text()) for v in RECALL_VARIANTS
                 for s in (args.pipelined_seeds if v == "local-pipelined" else args.seeds)
                 if (p := Path(args.runs) / f"{v}-seed{s}" / "bench.json").is_file()]
+        if not runs:
+            sys.exit(f"no finished recall runs under {args.runs}")
         summary = {}
         for v in RECALL_VARIANTS:
             mine = [r for r in runs if r["variant"] == v]
@@ -383,12 +359,22 @@ def main() -> None:
             summary[v] = {m: _mean_std([r["test"][m] for r in mine]) for m in METRICS}
             summary[v]["seeds"] = [r["seed"] for r in mine]
             summary[v]["samples"] = mine[0]["samples"]
+            staged = [r["stages"] for r in mine if "stages" in r]
+            if staged:  # per unit: mean ± std of the test RSUM through its local head (last: the model's)
+                summary[v]["stage_rsum"] = [_mean_std([st[k]["rsum"] for st in staged]) for k in range(len(staged[0]))]
         results["recall"] = {"runs": runs, "summary": summary}
         print(f"\ntest recall after {runs[0]['samples']} samples (mean ± std over seeds)")
         print(f"{'variant':20} {'seeds':>6} " + " ".join(f"{m:>13}" for m in ("i2t_r1", "t2i_r1", "rsum")))
         for v, s in summary.items():
             cells = " ".join(f"{s[m][0]:7.2f} ± {s[m][1]:4.2f}" for m in ("i2t_r1", "t2i_r1", "rsum"))
             print(f"{v:20} {len(s['seeds']):>6} {cells}")
+        print("\nper-stage test RSUM (each unit's local head; the last is the model's own)")
+        for v, s in summary.items():
+            if "stage_rsum" in s:
+                print(f"{v:30} " + "  ".join(f"{m:6.1f} ± {d:4.1f}" for m, d in s["stage_rsum"]))
+    if "recall" in results:
+        results["summary"] = headline(results)
+        print(f"\nsummary: {json.dumps(results['summary'])}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"\nwrote {out}")

@@ -1,0 +1,45 @@
+"""bench/local_vs_bp.py: its variants are valid configs, and the summary picks the best fully seeded one."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from retrieval.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    monkeypatch.chdir(ROOT)
+    return importlib.import_module("local_vs_bp")
+
+
+def test_every_recall_variant_is_a_valid_config(bench):
+    vit = {"local-block-heads", "local-block-heads-final-readout", "local-final-readout"}
+    for name, overrides in bench.RECALL_VARIANTS.items():
+        config = "configs/synth-small-vit.yaml" if name in vit else "configs/synth-small.yaml"
+        assert load_config(config, overrides)["training"]["method"] == ("bp" if name == "bp" else "local")
+
+
+def _summary(rsums: list[float], seeds: int) -> dict:
+    return {"rsum": (sum(rsums) / len(rsums), 0.0), "seeds": list(range(seeds))}
+
+
+def test_the_headline_is_the_best_variant_with_three_seeds_against_bp(bench):
+    recall = {"bp": _summary([300.0], 3), "local": _summary([240.0], 3), "local-attnpool-heads": _summary([270.0], 3),
+              "local-auglocal-heads": _summary([290.0], 1)}  # better, but one seed only: not a headline
+    speed = {"overrides": ["training.local_head=attnpool"], "methods": {
+        "bp": {"samples_per_s": 100.0, "peak_private_mb": {"main": {"uss_mb": 1000.0}}},
+        "local-pipelined": {"samples_per_s": 130.0, "peak_private_mb": {
+            "main": {"uss_mb": 900.0}, "stage_proc_0": {"uss_mb": 500.0}, "stage_proc_1": {"uss_mb": 400.0}}}}}
+    out = bench.headline({"recall": {"summary": recall}, "speed": speed})
+    assert out["best_variant"] == "local-attnpool-heads" and out["seeds"] == [0, 1, 2]
+    assert out["rsum_ratio_vs_bp"] == pytest.approx(0.9)
+    assert out["throughput_ratio_vs_bp"] == pytest.approx(1.3) and out["uss_ratio_vs_bp"] == pytest.approx(0.5)
+    assert bench.headline({"recall": {"summary": {"bp": recall["bp"]}}})["best_variant"] is None
