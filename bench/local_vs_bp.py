@@ -61,6 +61,7 @@ RECALL_VARIANTS = {
     "local-auglocal-heads": ["training.method=local", "training.local_head=auglocal"],
     "local-attnpool-cross-targets": ["training.method=local", "training.local_head=attnpool",
                                      "training.local_targets=cross"],
+    "local-cross-targets": ["training.method=local", "training.local_head=random", "training.local_targets=cross"],
 }
 DEFAULT_VARIANTS = ["bp", "local", "local-learned-heads", "local-mlp-heads", "local-2-stages", "local-pipelined"]
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
