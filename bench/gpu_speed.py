@@ -221,7 +221,9 @@ def measure_enn_local(args: argparse.Namespace, device: torch.device, write: Cal
     """BP step vs ENN-ℓ units (same model, same batch) for each stage count, and the S-GPU model."""
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
     budget = Budget(args.budget)
-    cfg = load_config(CONFIG, [*args.model, "training.method=local", f"training.batch_size={args.batch}"])
+    # one unit per stage: the S-device model times each stage on its own device
+    cfg = load_config(CONFIG, [*args.model, "training.method=local", "training.local_losses=per_stage",
+                               f"training.batch_size={args.batch}"])
     model = build_model(cfg, device)
     batch = random_batch(cfg, args.batch, device)
     bp_s = statistics.median(

@@ -311,7 +311,10 @@ def headline(results: dict) -> dict:
                    seeds=full[best]["seeds"])
     speed = results.get("speed")
     if speed:
-        bp, pipe = speed["methods"]["bp"], speed["methods"]["local-pipelined"]
+        # BP at its own best thread count on these cores (on this VM 1 thread is sometimes faster than 2)
+        bp = max((speed["methods"][m] for m in ("bp", "bp-1thread") if m in speed["methods"]),
+                 key=lambda r: r["samples_per_s"])
+        pipe = speed["methods"]["local-pipelined"]
         uss = max(v["uss_mb"] for k, v in pipe["peak_private_mb"].items() if k.startswith("stage_proc"))
         out.update(throughput_ratio_vs_bp=pipe["samples_per_s"] / bp["samples_per_s"],
                    uss_ratio_vs_bp=uss / bp["peak_private_mb"]["main"]["uss_mb"], speed_variant=speed["overrides"])
