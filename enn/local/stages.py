@@ -228,6 +228,9 @@ class StageChain(TowerStage):
     def __init__(self, stages: Sequence[TowerStage], index: int, count: int) -> None:
         super().__init__(index, count, stages[-1].width)
         self.stages = nn.ModuleList(stages)
+        for name in ("spatial", "head_width"):  # a conv group's output map is its last stage's
+            if hasattr(stages[-1], name):
+                setattr(self, name, getattr(stages[-1], name))
 
     def forward(self, x: Tensor, tokens: Tensor | None = None) -> Tensor:
         for stage in self.stages:
@@ -248,11 +251,6 @@ class StageChain(TowerStage):
     @property
     def first_block(self) -> nn.Module:
         return self.stages[0].first_block
-
-    def __getattr__(self, name: str):
-        if name in ("spatial", "head_width"):  # a conv group's map is its last stage's
-            return getattr(self.stages[-1], name)
-        return super().__getattr__(name)
 
     def extra_repr(self) -> str:
         first, last = self.stages[0].index, self.stages[-1].index
