@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--embeddings", help="a `retrieval embed` output folder")
     build.add_argument("--out", required=True, help="INDEX_DIR to create")
     build.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivfpq", "ondisk"),
-                       help="auto: flat below 20k items, HNSW up to 2M items while it fits --memory-budget, else "
+                       help="auto: flat below 20k items, HNSW up to 500k items while it fits --memory-budget, else "
                             "ondisk (IVF lists in a memory-mapped file, SQ8 codes or smaller to fit the budget)")
     build.add_argument("--target-recall", type=float, default=0.98,
                        help="recall@10 against exact search that efSearch/nprobe are tuned to reach (default 0.98)")
