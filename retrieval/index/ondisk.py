@@ -123,6 +123,9 @@ def train(index: faiss.Index, vectors: np.ndarray, seed: int = 0) -> None:
     n_train = min(len(vectors), max(10_000, MAX_TRAIN_POINTS_PER_LIST * ivf.nlist))
     rows = np.sort(np.random.default_rng(seed).choice(len(vectors), n_train, replace=False))
     sample = np.ascontiguousarray(vectors[rows], np.float32)
+    # 30 points per list is the chosen sample (above): tell k-means, or FAISS prints a warning to stderr
+    # (below its default of 39) on every build.
+    ivf.cp.min_points_per_centroid = MAX_TRAIN_POINTS_PER_LIST
     log.info("training the quantizer: %d lists, %d vectors (k-means, %d iterations)", ivf.nlist, n_train, ivf.cp.niter)
     start = time.perf_counter()
     index.train(sample)

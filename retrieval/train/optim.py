@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -54,14 +54,25 @@ def build_optimizer(model: nn.Module, train_cfg: Mapping[str, Any]) -> torch.opt
     Only trainable ones: a locked tower's factors (`model.lock_*`) are neither optimized nor retracted, so
     they stay bit for bit what they were.
     """
+    groups = param_groups(model, float(train_cfg["weight_decay"]))
     optimizer = torch.optim.AdamW(
-        param_groups(model, float(train_cfg["weight_decay"])),
+        groups,
         lr=float(train_cfg["lr"]),
         betas=tuple(float(b) for b in train_cfg["betas"]),
         eps=float(train_cfg["eps"]),
+        fused=_fused_kernel_runs_on(p for group in groups for p in group["params"]),
     )
     enn.retract_after_step(optimizer, _trainable_enn_layers(model))
     return optimizer
+
+
+def _fused_kernel_runs_on(params: Iterable[torch.Tensor]) -> bool | None:
+    """Whether to ask for AdamW's fused kernel: one pass over each tensor instead of a dozen elementwise ops.
+    On CPU it steps the demo model 6× faster (164 → 26 ms a step plain, 193 → 40 ms ENN, docs/results.md), a
+    tenth of the step. torch's default leaves it off; it runs on float tensors of CPU and CUDA devices."""
+    params = list(params)
+    supported = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return True if supported else None
 
 
 def _trainable_enn_layers(model: nn.Module) -> nn.ModuleList:
