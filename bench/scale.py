@@ -115,6 +115,24 @@ def build_child(work: Path, index: Path, n: int, dim: int, fingerprint: str, kin
                                   "stats": manifest.collections["image"].build_stats}))
 
 
+def retune(index: Path, vectors: np.ndarray, other: np.ndarray) -> None:
+    """Tune an earlier build's image index again with the current tuner (as `build_index` tunes it), and write
+    the new search parameters into its manifest: the build is reused, its figures stay those of its report."""
+    from retrieval.index import make_probe, read_manifest, tune
+    from retrieval.index.manifest import write_manifest
+    from retrieval.index.ondisk import DiskCollection
+
+    manifest = read_manifest(index)
+    info = manifest.collections["image"]
+    if info.kind != "ondisk":
+        return  # flat needs no tuning; HNSW reached its target at the sizes measured
+    collection = DiskCollection("image", index, info.file, {})
+    ids = np.arange(1, len(vectors) + 1)  # images are stored first: ids 1..n (Entries order)
+    info.search_params, recall = tune(collection, make_probe(vectors, ids, other), manifest.target_recall)
+    info.recall_at_10 = round(float(recall), 4)
+    write_manifest(index, manifest)
+
+
 def model_for(dim: int, work: Path) -> tuple[Path, str]:
     """The demo checkpoint when it makes `dim`-d embeddings, else a random demo config of that dimension."""
     from retrieval.checkpoint import read_checkpoint
@@ -259,12 +277,17 @@ def measure(n: int, dim: int, args, work: Path) -> tuple[dict, dict]:
     fingerprint = read_checkpoint(checkpoint)["fingerprint"]
     index = work / f"index-{n}-{dim}"
     report = work / f"build-{n}-{dim}.json"
-    child = multiprocessing.get_context("fork").Process(
-        target=build_child, args=(work, index, n, dim, fingerprint, args.kind, args.memory_budget, report))
-    child.start()
-    child.join()
-    if child.exitcode != 0:
-        raise RuntimeError(f"build of {n}×{dim} failed (exit {child.exitcode})")
+    # spawn, not fork: this process has used FAISS's OpenMP (exact search for the previous size), and a forked
+    # child's first OpenMP call then waits forever on the parent's thread team (GNU libgomp is not fork-safe).
+    if args.reuse_builds and report.is_file() and (index / "manifest.json").is_file():
+        retune(index, np.load(work / f"vectors-{n}-{dim}.npy", mmap_mode="r"), clustered(TEXTS, dim, seed=2))
+    else:
+        child = multiprocessing.get_context("spawn").Process(
+            target=build_child, args=(work, index, n, dim, fingerprint, args.kind, args.memory_budget, report))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"build of {n}×{dim} failed (exit {child.exitcode})")
     built = json.loads(report.read_text())
     manifest = json.loads((index / "manifest.json").read_text())
     info = manifest["collections"]["image"]
@@ -319,6 +342,8 @@ def main() -> None:
     parser.add_argument("--ingest-clients", type=int, default=4, help="concurrent add connections")
     parser.add_argument("--ingest-bodies", type=int, default=16, help="distinct add bodies, made before timing")
     parser.add_argument("--workdir", default="/tmp/retrieval-scale", help="vectors and indexes (large: see docs/scale.md)")
+    parser.add_argument("--reuse-builds", action="store_true",
+                        help="reuse an index already built in --workdir (its build figures), re-tuned with the current tuner")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     work = Path(args.workdir)
