@@ -277,11 +277,10 @@ def measure(n: int, dim: int, args, work: Path) -> tuple[dict, dict]:
     fingerprint = read_checkpoint(checkpoint)["fingerprint"]
     index = work / f"index-{n}-{dim}"
     report = work / f"build-{n}-{dim}.json"
-    # spawn, not fork: this process has used FAISS's OpenMP (exact search for the previous size), and a forked
-    # child's first OpenMP call then waits forever on the parent's thread team (GNU libgomp is not fork-safe).
     if args.reuse_builds and report.is_file() and (index / "manifest.json").is_file():
         retune(index, np.load(work / f"vectors-{n}-{dim}.npy", mmap_mode="r"), clustered(TEXTS, dim, seed=2))
-    else:
+    else:  # spawn, not fork: this process has used FAISS's OpenMP (exact search for the previous size), and a
+        # forked child's first OpenMP call then waits forever on the parent's thread team (libgomp is not fork-safe)
         child = multiprocessing.get_context("spawn").Process(
             target=build_child, args=(work, index, n, dim, fingerprint, args.kind, args.memory_budget, report))
         child.start()

@@ -90,12 +90,11 @@ def open_clip_optimizer(model: Any, train_cfg: dict[str, Any]) -> Any:
 class Variant:
     """One model with its optimizer, schedule and loss, stepped part by part (`timed_step`) or whole."""
 
-    def __init__(self, name: str, cfg: dict[str, Any], total_steps: int) -> None:
+    def __init__(self, name: str, cfg: dict[str, Any], total_steps: int, env: Any) -> None:
         import open_clip
         import torch
 
         from retrieval.model import build_towers
-        from retrieval.train.distributed import DistEnv
         from retrieval.train.optim import build_optimizer, build_scheduler
         from retrieval.train.step import build_loss, penalty_weight
 
@@ -103,7 +102,7 @@ class Variant:
         torch.manual_seed(int(cfg["training"]["seed"]))  # every variant starts from the same plain weights
         self.towers = build_towers(cfg)
         self.model = self.towers.model.train()
-        self.env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+        self.env = env
         if name == "open_clip":
             self.optimizer = open_clip_optimizer(self.model, cfg["training"])
             self.scheduler = None
@@ -196,19 +195,12 @@ def data_ms_per_batch(loader: Any, batches: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def data_paths(cfg: dict[str, Any], pairs: Path, batch: int, batches: int) -> dict[str, float]:
-    """ms of CPU per batch for our training data path and open_clip's CsvDataset, on the same pairs."""
-    import torch
+def data_paths(ours: Any, towers: Any, pairs: Path, batch: int, batches: int) -> dict[str, float]:
+    """ms of CPU per batch for our training loader `ours` and open_clip's CsvDataset, on the same pairs
+    (with `towers`' train transform and tokenizer)."""
     from open_clip_train.data import CsvDataset
     from torch.utils.data import DataLoader
 
-    from retrieval.model import build_towers
-    from retrieval.train.data import build_train_data
-    from retrieval.train.distributed import DistEnv
-
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    towers = build_towers(cfg, convert=False)
-    ours = build_train_data(cfg, towers, env).loader
     theirs = DataLoader(CsvDataset(str(pairs), towers.preprocess_train, IMG_KEY, CAPTION_KEY, "\t", towers.tokenizer),
                         batch_size=batch, shuffle=True, num_workers=0, drop_last=True)
     return {"ours": data_ms_per_batch(ours, batches), "open_clip": data_ms_per_batch(theirs, batches)}
@@ -231,16 +223,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                          Path(args.images), batch, 0, args.threads, "fp32", "cpu", 1))
                for v in args.variants}
     any_cfg = next(iter(configs.values()))
-    load_before = os.getloadavg()[0]
-    data_ms = data_paths(any_cfg, pairs_file, batch, args.data_batches)
     from retrieval.model import build_towers
     from retrieval.train.data import build_train_data
     from retrieval.train.distributed import DistEnv
 
+    load_before = os.getloadavg()[0]
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    images, tokens = next(iter(build_train_data(any_cfg, build_towers(any_cfg, convert=False), env).loader))
+    towers = build_towers(any_cfg, convert=False)
+    ours = build_train_data(any_cfg, towers, env).loader
+    data_ms = data_paths(ours, towers, pairs_file, batch, args.data_batches)
+    images, tokens = next(iter(ours))  # a fresh pass: the same first batch
     total = args.warmup + 2 * args.steps
-    variants = {v: Variant(v, configs[v], total_steps=total + 10) for v in args.variants}
+    variants = {v: Variant(v, configs[v], total + 10, env) for v in args.variants}
     parts: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     whole: dict[str, list[float]] = {v: [] for v in variants}
     for i in range(args.warmup + args.steps):  # round-robin: every variant sees the same machine state

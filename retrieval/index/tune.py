@@ -118,6 +118,7 @@ def tune(collection: Collection, probe: Probe, target: float = TARGET_RECALL) ->
     half the lists for the last 0.001 of recall would cost a hundred times the latency. A warning says so.
     """
     tried: list[tuple[dict[str, Any], float]] = []
+    one_knob = collection.kind in ("hnsw", "ondisk")  # ivfpq's grid has two knobs: no plateau along one
     for settings in candidate_settings(collection):
         collection.configure(settings)
         recall = measure_recall(collection, probe)
@@ -126,10 +127,8 @@ def tune(collection: Collection, probe: Probe, target: float = TARGET_RECALL) ->
             return settings, recall
         tried.append((settings, recall))
         best = max(r for _, r in tried)
-        one_knob = collection.kind in ("hnsw", "ondisk")  # ivfpq's grid has two knobs: no plateau along one
         if one_knob and len(tried) > PLATEAU_STEPS and max(r for _, r in tried[:-PLATEAU_STEPS]) >= best - PLATEAU_GAIN:
             break
-    best = max(r for _, r in tried)
     settings, recall = next((s, r) for s, r in tried if r >= best - PLATEAU_GAIN)
     log.warning(
         "%s %s index: recall@%d reaches only %.4f (target %.2f); kept %s (recall %.4f), the cheapest within %.3f "
