@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
 
@@ -48,13 +50,33 @@ def test_iter_embeddings_walks_all_rows_in_chunks(tmp_path):
     np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), store.embeddings_of(ids))
 
 
+def _counted_by_sqlite(path, modality: str) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM items WHERE modality = ?", (modality,)).fetchone()[0]
+
+
+def test_counts_follow_adds_and_deletes_and_are_rebuilt_for_an_older_store(tmp_path):
+    path = tmp_path / "items.sqlite"
+    store = ItemStore(path, dim=8, create=True)
+    ids = store.add([NewItem("image" if n % 2 else "text", _unit(n)) for n in range(7)])
+    store.add_rows("image", np.stack([_unit(n) for n in range(5)]), [None] * 5, [None] * 5, [{}] * 5)
+    store.delete(ids[1])
+    store.delete(ids[0])
+    assert (store.count("image"), store.count("text"), store.count(None)) == (7, 3, 10)
+    store.close()
+    with sqlite3.connect(path) as db:  # a store from before the maintained counts existed
+        db.execute("DROP TABLE item_counts")
+    store = ItemStore(path)
+    assert [store.count(m) for m in ("image", "text")] == [_counted_by_sqlite(path, m) for m in ("image", "text")] == [7, 3]
+
+
 def test_a_failed_batch_adds_nothing(tmp_path):
     store = ItemStore(tmp_path / "items.sqlite", dim=8, create=True)
     with pytest.raises(ValueError, match="dimensions"):
         store.add([NewItem("text", _unit(0)), NewItem("text", np.ones(5, np.float32))])
     with pytest.raises(ValueError, match="modality"):
         store.add([NewItem("video", _unit(0))])
-    assert store.count("text") == 0
+    assert store.count("text") == 0 == _counted_by_sqlite(tmp_path / "items.sqlite", "text")
 
 
 def test_missing_store_and_dimension_mismatch_are_user_errors(tmp_path):
