@@ -152,6 +152,12 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for key in ("epochs", "batch_size", "accum_steps", "stages", "val_every_epochs"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise UserError(f"config key training.{key} must be a positive integer, got {train[key]!r}")
+    every = cfg["enn"]["penalty_every"]
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise UserError(f"config key enn.penalty_every must be a positive integer, got {every!r}")
+    if every != 1 and train["method"] == "local":
+        raise UserError("enn.penalty_every is for training.method=bp: ENN-ℓ stages compute the penalty every step "
+                        "(set enn.penalty_every=1)")
     if train["batch_size"] % train["accum_steps"]:
         raise UserError("training.batch_size must be divisible by training.accum_steps")
     if train["loss"] == "siglip" and train["method"] == "local":

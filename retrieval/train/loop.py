@@ -33,7 +33,8 @@ class LossWindow:
         self._reset()
 
     def _reset(self) -> None:
-        self.sums = {"loss": 0.0, "contrastive_loss": 0.0, "ortho_penalty": 0.0}
+        self.sums = {"loss": 0.0, "contrastive_loss": 0.0}
+        self.penalties: list[float] = []  # the steps that computed it (a lazy penalty skips some)
         self.steps = 0
         self.restart_clock()
 
@@ -45,13 +46,16 @@ class LossWindow:
         """Account one optimizer step."""
         self.sums["loss"] += result.loss
         self.sums["contrastive_loss"] += result.contrastive
-        self.sums["ortho_penalty"] += result.penalty
+        if result.penalty is not None:
+            self.penalties.append(result.penalty)
         self.steps += 1
 
     def flush(self, batch_size: int) -> dict[str, float]:
         """Means since the last flush and samples/s, then start a new window."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         out = {key: value / self.steps for key, value in self.sums.items()}
+        if self.penalties:
+            out["ortho_penalty"] = sum(self.penalties) / len(self.penalties)
         out["samples_per_s"] = round(self.steps * batch_size / elapsed, 1)
         self._reset()
         return out
@@ -99,7 +103,8 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv)
     val: dict[str, Any] = {}
     while progress.step < stop_at:
         for micro_batches in data.batches(progress.epoch, progress.batch_in_epoch):
-            result = train_step(forward, model, micro_batches, loss_fn, optimizer, scheduler, cfg, env)
+            result = train_step(forward, model, micro_batches, loss_fn, optimizer, scheduler, cfg, env,
+                                progress.step)
             if not math.isfinite(result.loss):
                 raise FloatingPointError(f"training loss is {result.loss} at step {progress.step + 1}")
             progress.step += 1

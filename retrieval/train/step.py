@@ -55,6 +55,16 @@ def penalty_weight(enn_cfg: Mapping[str, Any]) -> float:
     return 0.0
 
 
+def lazy_penalty_weight(lam: float, every: int, step: int) -> float:
+    """The penalty's weight at optimizer step `step` (0-based): k·λ on every k-th step, 0 between.
+
+    Lazy regularisation, as StyleGAN2 evaluates its R1 term once per 16 minibatches scaled by 16: the
+    penalty keeps Q and P near the Stiefel manifold, a slow drift that a k-times-stronger pull every k steps
+    holds as well, while its cost (two n·r² products per factor, ~10 % of an ENN step here) falls k-fold.
+    """
+    return lam * every if lam and step % every == 0 else 0.0
+
+
 def set_temperature(model: nn.Module, temperature: float) -> None:
     """Start the learnable temperature at `temperature` (logit_scale = ln(1/temperature)): the softmax loss's
     start. A model built for SigLIP (it has a `logit_bias`) keeps open_clip's SigLIP start instead (scale
@@ -80,7 +90,7 @@ class StepResult:
 
     loss: float
     contrastive: float
-    penalty: float
+    penalty: float | None  # None on the steps a lazy penalty (`enn.penalty_every`) skips
     grad_norm: float
     lr: float
 
@@ -126,17 +136,21 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     cfg: Mapping[str, Any],
     env: DistEnv,
+    step: int = 0,
 ) -> StepResult:
     """Forward/backward over the micro-batches, then clip, AdamW step, schedule step and temperature clamp.
 
     `model` is what runs forward (DDP wrapper or the model itself); `core` is the unwrapped model (the
-    penalty, clipping and clamp act on it). `cfg` is the whole run config (training + enn sections).
+    penalty, clipping and clamp act on it). `cfg` is the whole run config (training + enn sections); `step`
+    the number of optimizer steps already taken (it decides whether a lazy penalty is due).
     """
     train_cfg = cfg["training"]
     lam = penalty_weight(cfg["enn"])
+    weight = lazy_penalty_weight(lam, int(cfg["enn"]["penalty_every"]), step)
     n = len(micro_batches)
     image_format = torch.channels_last if train_cfg["channels_last"] else torch.contiguous_format
-    contrastive_sum = penalty_sum = 0.0
+    contrastive_sum = 0.0
+    penalty = None
     for i, (images, tokens) in enumerate(micro_batches):
         images = images.to(env.device, non_blocking=True, memory_format=image_format)
         tokens = tokens.to(env.device, non_blocking=True)
@@ -147,10 +161,12 @@ def train_step(
         with contextlib.nullcontext() if sync else model.no_sync(), parametrize.cached():
             with autocast(env.device, str(train_cfg["precision"])):
                 contrastive = forward_loss(model, loss_fn, images, tokens)
-            penalty = enn.orthogonality_loss(core) if lam else contrastive.new_zeros(())
-            ((contrastive + lam * penalty) / n).backward()
+            loss = contrastive / n
+            if weight and i == n - 1:  # the penalty does not depend on the data: once per step, with the last micro-batch
+                penalty = enn.orthogonality_loss(core)
+                loss = loss + weight * penalty
+            loss.backward()
         contrastive_sum += reported_loss(contrastive, loss_fn, env)
-        penalty_sum += float(penalty.detach())
     clip = train_cfg["grad_clip"]
     params = [p for p in core.parameters() if p.grad is not None]
     if clip:
@@ -162,5 +178,8 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
     clamp_logit_scale(core, float(train_cfg["max_logit_scale"]))
-    contrastive_mean, penalty_mean = contrastive_sum / n, penalty_sum / n
-    return StepResult(contrastive_mean + lam * penalty_mean, contrastive_mean, penalty_mean, grad_norm, lr)
+    contrastive_mean = contrastive_sum / n
+    if penalty is None:
+        return StepResult(contrastive_mean, contrastive_mean, 0.0 if not lam else None, grad_norm, lr)
+    penalty_value = float(penalty.detach())
+    return StepResult(contrastive_mean + lam * penalty_value, contrastive_mean, penalty_value, grad_norm, lr)
