@@ -64,6 +64,8 @@ RECALL_VARIANTS = {
     "local-attnpool-cross-targets": [*PAPER, "training.local_head=attnpool",
                                      "training.local_targets=cross"],
     "local-cross-targets": [*PAPER, "training.local_head=random", "training.local_targets=cross"],
+    # issue 12 §2: backprop with the lazy orthogonality penalty (every 4th step at 4·λ), against `bp`
+    "bp-lazy-penalty4": ["training.method=bp", "enn.penalty_every=4"],
 }
 DEFAULT_VARIANTS = ["bp", "local", "local-per-group-2-procs", "local-learned-heads", "local-mlp-heads", "local-2-stages", "local-pipelined"]
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -271,7 +273,7 @@ def recall_run(args: argparse.Namespace, variant: str, seed: int) -> dict:
 
 def _with_stage_recall(run: Path, result: dict) -> dict:
     """Add (once, saved in bench.json) each unit's test recall through its local head: where it is lost."""
-    if "stages" in result or result["variant"] == "bp":
+    if "stages" in result or result["variant"].startswith("bp"):
         return result
     import torch
 
@@ -303,7 +305,7 @@ def headline(results: dict) -> dict:
     the speed part's pipelined throughput and largest stage-process USS against BP's (that part's own
     variant: `speed_variant`)."""
     recall = results["recall"]["summary"]
-    full = {v: r for v, r in recall.items() if v != "bp" and len(r["seeds"]) >= 3}
+    full = {v: r for v, r in recall.items() if not v.startswith("bp") and len(r["seeds"]) >= 3}
     out: dict = {"best_variant": None, "rsum_ratio_vs_bp": None, "seeds": []}
     if full and "bp" in recall:
         best = max(full, key=lambda v: full[v]["rsum"][0])
