@@ -13,6 +13,11 @@ connections, each request acknowledged after its commit) while one client search
 Model: D = the demo model's dimension → the checkpoint `search_latency.pick_model` picks; any other D → a
 randomly initialised demo config with `model.embed_dim=D` (encoding costs the same; vectors are synthetic).
 
+Real embeddings instead (`--embeddings DIR --checkpoint CKPT`): the image vectors of a finished `retrieval
+embed` folder (e.g. a million rendered synth images) are indexed as the service's own `retrieval index build
+--embeddings` would, CKPT (the model that made them) serves, and recall is measured on text→image queries:
+the bench's synth captions encoded by CKPT, against exact search over the folder's vectors.
+
 Usage: .venv/bin/python bench/scale.py --sizes 100000 1000000 10000000 --dims 128 512 [--memory-budget 4GiB]
 Writes bench/results/scale.json (--out to change).
 """
@@ -89,25 +94,29 @@ class Entries(Sequence):
 
 
 def build_child(work: Path, index: Path, n: int, dim: int, fingerprint: str, kind: str, budget: str, target: float,
-                report: Path) -> None:
-    """In a child process: vectors, then `build_index`; writes build time and the process's peak RSS."""
+                report: Path, embeddings: str | None = None) -> None:
+    """In a child process: vectors (or a `retrieval embed` folder), then `build_index`; writes build time and
+    the process's peak RSS."""
     import faiss
 
-    from retrieval.embed import Embedded, ImageEntry, TextEntry
+    from retrieval.embed import Embedded, ImageEntry, TextEntry, read_embeddings
     from retrieval.index import build_index
     from retrieval.index.budget import parse_bytes
 
     faiss.omp_set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    vectors = work / f"vectors-{n}-{dim}.npy"
-    if not vectors.is_file():
-        clustered(n, dim, seed=1, out=vectors.with_suffix(".tmp.npy"))
-        vectors.with_suffix(".tmp.npy").rename(vectors)
-    embedded = Embedded(
-        folder=work, fingerprint=fingerprint, dim=dim,
-        images=Entries(n, lambda i: ImageEntry(f"synthetic/{i}.png", None, {})),
-        texts=Entries(TEXTS, lambda j: TextEntry(f"synthetic caption {j}", None, {})),
-        image_vectors=np.load(vectors, mmap_mode="r"), text_vectors=clustered(TEXTS, dim, seed=2),
-    )
+    if embeddings:
+        embedded = read_embeddings(embeddings)
+    else:
+        vectors = work / f"vectors-{n}-{dim}.npy"
+        if not vectors.is_file():
+            clustered(n, dim, seed=1, out=vectors.with_suffix(".tmp.npy"))
+            vectors.with_suffix(".tmp.npy").rename(vectors)
+        embedded = Embedded(
+            folder=work, fingerprint=fingerprint, dim=dim,
+            images=Entries(n, lambda i: ImageEntry(f"synthetic/{i}.png", None, {})),
+            texts=Entries(TEXTS, lambda j: TextEntry(f"synthetic caption {j}", None, {})),
+            image_vectors=np.load(vectors, mmap_mode="r"), text_vectors=clustered(TEXTS, dim, seed=2),
+        )
     start = time.perf_counter()
     manifest = build_index(index, embedded, kind=kind, memory_budget=parse_bytes(budget), target_recall=target,
                            progress=True, force=True)
@@ -274,21 +283,39 @@ async def ingest(port: int, seconds: float, search_body: bytes, bodies: list[byt
             "load_average_1min": os.getloadavg()[0]}
 
 
+def real_queries(checkpoint: Path, captions: list[str], n: int) -> np.ndarray:
+    """Text→image recall queries for real embeddings: `n` synth captions encoded by the model that made them."""
+    from retrieval.checkpoint import load_model
+    from retrieval.encode import encode_texts
+
+    return np.ascontiguousarray(encode_texts(load_model(checkpoint, device="cpu"), captions[:n]), np.float32)
+
+
 def measure(n: int, dim: int, args, work: Path) -> tuple[dict, dict]:
-    checkpoint, model_note = model_for(dim, work)
     from retrieval.checkpoint import read_checkpoint
 
+    real = args.embeddings is not None
+    if real:
+        from retrieval.embed import read_embeddings
+
+        checkpoint, model_note = Path(args.checkpoint), f"checkpoint {args.checkpoint} (it made the embeddings)"
+        vectors = read_embeddings(args.embeddings).image_vectors
+        name = f"real-{n}-{dim}"
+    else:
+        checkpoint, model_note = model_for(dim, work)
+        vectors = None  # written by the build child
+        name = f"{n}-{dim}"
     fingerprint = read_checkpoint(checkpoint)["fingerprint"]
-    index = work / f"index-{n}-{dim}"
-    report = work / f"build-{n}-{dim}.json"
+    index = work / f"index-{name}"
+    report = work / f"build-{name}.json"
     if args.reuse_builds and report.is_file() and (index / "manifest.json").is_file():
-        retune(index, np.load(work / f"vectors-{n}-{dim}.npy", mmap_mode="r"), clustered(TEXTS, dim, seed=2),
-               args.target_recall)
+        retune(index, vectors if real else np.load(work / f"vectors-{n}-{dim}.npy", mmap_mode="r"),
+               np.zeros((0, dim), np.float32) if real else clustered(TEXTS, dim, seed=2), args.target_recall)
     else:  # spawn, not fork: this process has used FAISS's OpenMP (exact search for the previous size), and a
         # forked child's first OpenMP call then waits forever on the parent's thread team (libgomp is not fork-safe)
         child = multiprocessing.get_context("spawn").Process(
             target=build_child, args=(work, index, n, dim, fingerprint, args.kind, args.memory_budget,
-                                       args.target_recall, report))
+                                       args.target_recall, report, args.embeddings))
         child.start()
         child.join()
         if child.exitcode != 0:
@@ -299,13 +326,17 @@ def measure(n: int, dim: int, args, work: Path) -> tuple[dict, dict]:
 
     from retrieval.index.tune import exact_search
 
-    held_out = clustered(args.queries, dim, seed=3)
-    truth = exact_search(held_out, np.load(work / f"vectors-{n}-{dim}.npy", mmap_mode="r"), np.arange(1, n + 1), 10)
+    captions, _ = queries(synth_dataset(work))
+    if real:
+        held_out = real_queries(checkpoint, captions, args.queries)
+    else:
+        held_out = clustered(args.queries, dim, seed=3)
+        vectors = np.load(work / f"vectors-{n}-{dim}.npy", mmap_mode="r")
+    truth = exact_search(held_out, vectors, np.arange(1, n + 1), 10)
     bare_p50, bare_recall = bare_faiss(index, held_out, truth)
 
-    captions, _ = queries(synth_dataset(work))
     bodies = [json.dumps({"text": c, "target": "image", "k": 10}).encode() for c in captions]
-    process, port, startup = serve(index, checkpoint, work / f"server-{n}-{dim}.log")
+    process, port, startup = serve(index, checkpoint, work / f"server-{name}.log")
     try:
         asyncio.run(run_load(port, "/v1/search", bodies, 1, 50, None, process.pid))  # warm-up
         one = asyncio.run(run_load(port, "/v1/search", bodies, 1, args.requests, None, process.pid))
@@ -328,8 +359,10 @@ def measure(n: int, dim: int, args, work: Path) -> tuple[dict, dict]:
         "recall_at_10": round(recall, 4), "bare_faiss_recall_at_10": round(bare_recall, 4),
         "server_rss_gib": round(rss, 2), "startup_s": round(startup, 2), "store_gib": round(store / (1 << 30), 3),
         "bare_faiss_p50_ms": round(bare_p50, 3), "model": model_note,
-        "vectors": "clustered synthetic (1,000 clusters in a 64-d subspace + noise); queries: held-out vectors of the "
-                   "same distribution for recall, synth captions through the model for latency",
+        "vectors": (f"real: the image embeddings in {args.embeddings}; recall queries: synth captions encoded by the "
+                    "same model (text→image)") if real else
+                   ("clustered synthetic (1,000 clusters in a 64-d subspace + noise); queries: held-out vectors of the "
+                    "same distribution for recall, synth captions through the model for latency"),
     }
     return row, {"index_vectors_per_s": round(built["stats"].get("add_vectors_per_s", 0.0), 1), **added}
 
@@ -352,8 +385,18 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/retrieval-scale", help="vectors and indexes (large: see docs/scale.md)")
     parser.add_argument("--reuse-builds", action="store_true",
                         help="reuse an index already built in --workdir (its build figures), re-tuned with the current tuner")
+    parser.add_argument("--embeddings", help="a finished `retrieval embed` folder: index its image vectors (real "
+                                             "embeddings) instead of synthetic ones; needs --checkpoint")
+    parser.add_argument("--checkpoint", help="with --embeddings: the model that made them (serves and encodes queries)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
+    if (args.embeddings is None) != (args.checkpoint is None):
+        parser.error("--embeddings and --checkpoint go together")
+    if args.embeddings:
+        from retrieval.embed import read_embeddings
+
+        embedded = read_embeddings(args.embeddings)
+        args.sizes, args.dims = [len(embedded.image_vectors)], [embedded.dim]
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     rows, ingest_rates = [], {}
