@@ -142,7 +142,7 @@ def millis(seconds: float) -> float:
 
 def measure_vitb16(args: argparse.Namespace, device: torch.device, write: Callable[[dict], None]) -> None:
     """Training-step speed and memory of plain / penalty / exact towers, then merged-inference speed."""
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
+    env = DistEnv.single(device)
     budget = Budget(args.budget)
     result: dict[str, Any] = {"train": {}, "goals": GOALS}
     plain: nn.Module | None = None
@@ -219,7 +219,7 @@ def unit_times(units: list, batch: Batch, device: torch.device) -> tuple[list[fl
 
 def measure_enn_local(args: argparse.Namespace, device: torch.device, write: Callable[[dict], None]) -> None:
     """BP step vs ENN-ℓ units (same model, same batch) for each stage count, and the S-GPU model."""
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
+    env = DistEnv.single(device)
     budget = Budget(args.budget)
     # one unit per stage: the S-device model times each stage on its own device
     cfg = load_config(CONFIG, [*args.model, "training.method=local", "training.local_losses=per_stage",

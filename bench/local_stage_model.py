@@ -48,7 +48,6 @@ def _nbytes(micro) -> int:
 
 def measure(args: argparse.Namespace, stages: int) -> dict:
     """Per-unit CPU seconds and bytes handed on per step for `stages` units, and BP's step."""
-    import torch
 
     from retrieval.config import load_config
     from retrieval.model import build_towers
@@ -63,7 +62,7 @@ def measure(args: argparse.Namespace, stages: int) -> dict:
                                     "training.local_losses=per_stage", "data.workers=0"])
     seed_everything(int(cfg["training"]["seed"]))
     towers = build_towers(cfg)
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    env = DistEnv.single()
     data = build_train_data(cfg, towers, env)
     batches = [b for b, _ in zip(data.batches(0), range(4), strict=False)]
     total = args.warmup + args.steps

@@ -157,7 +157,7 @@ def _setup(args: argparse.Namespace, method_overrides: list[str], threads: int):
     seed_everything(int(cfg["training"]["seed"]))
     towers = build_towers(cfg)
     set_temperature(towers.model, float(cfg["training"]["init_temperature"]))
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    env = DistEnv.single()
     data = build_train_data(cfg, towers, env)
     batches = []
     for micro in data.batches(0):

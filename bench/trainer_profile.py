@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from retrieval.train.distributed import DistEnv
 
     load_before = os.getloadavg()[0]
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    env = DistEnv.single()
     towers = build_towers(any_cfg, convert=False)
     ours = build_train_data(any_cfg, towers, env).loader
     data_ms = data_paths(ours, towers, pairs_file, batch, args.data_batches)

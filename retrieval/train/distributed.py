@@ -24,6 +24,11 @@ class DistEnv:
     local_rank: int
     device: torch.device
 
+    @classmethod
+    def single(cls, device: torch.device | str = "cpu") -> DistEnv:
+        """One process on `device`: what every non-torchrun caller (benchmarks, ENN-ℓ units, tests) runs as."""
+        return cls(rank=0, world_size=1, local_rank=0, device=torch.device(device))
+
     @property
     def is_main(self) -> bool:
         """Rank 0 writes checkpoints, metrics, curves and runs validation."""
@@ -47,7 +52,7 @@ def init_distributed(requested_device: str = "auto") -> DistEnv:
     """
     device = pick_device(requested_device)
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-        return DistEnv(rank=0, world_size=1, local_rank=0, device=device)
+        return DistEnv.single(device)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if device.type == "cuda":

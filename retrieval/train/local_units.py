@@ -64,7 +64,7 @@ def build_units(
     Raises UserError when the towers cannot be cut (HF/timm towers, fewer blocks than stages).
     """
     train = cfg["training"]
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
+    env = DistEnv.single(device)
     # Move first: units record the model's tensors (buffers included), and `.to` replaces buffer objects.
     model.to(device)
     try:

@@ -15,7 +15,7 @@ from retrieval.model import build_towers
 from retrieval.train.distributed import DistEnv
 from retrieval.train.step import build_loss, lazy_penalty_weight, train_step
 
-ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+ENV = DistEnv.single()
 
 
 def _step_weights(base: dict, enn_cfg: dict, micro_batches: int, step: int) -> tuple[float | None, dict]:

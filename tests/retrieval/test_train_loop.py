@@ -92,7 +92,7 @@ def test_temperature_is_clamped_to_max_logit_scale(synth_dataset, tmp_path):
 
 
 def test_accumulating_a_batch_twice_equals_one_step_on_it(tiny_config):
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    env = DistEnv.single()
     torch.manual_seed(0)
     images, tokens = torch.randn(6, 3, 32, 32), torch.randint(1, 400, (6, 16))
     results = []
@@ -138,7 +138,7 @@ def test_fine_tuning_starts_from_the_pretrained_function(synth_dataset, tmp_path
 def test_cpu_threads_leave_room_for_data_workers(tiny_config, monkeypatch):
     from retrieval.train.session import set_cpu_threads
 
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    env = DistEnv.single()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     tiny_config["training"]["threads"] = None

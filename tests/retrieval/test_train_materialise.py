@@ -33,7 +33,7 @@ def materialisations(monkeypatch) -> Counter:
 @pytest.mark.parametrize("ortho", ["penalty", "exact"])
 def test_training_step_forms_each_enn_weight_once_per_micro_batch(tiny_config, materialisations, ortho):
     tiny_config["enn"]["ortho"] = ortho
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    env = DistEnv.single()
     model = build_towers(tiny_config).model
     optimizer = build_optimizer(model, tiny_config["training"])
     scheduler = build_scheduler(optimizer, tiny_config["training"], total_steps=10)

@@ -22,7 +22,7 @@ from retrieval.train.distributed import DistEnv
 from retrieval.train.optim import param_groups
 from retrieval.train.step import build_loss, forward_loss, set_temperature
 
-CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+CPU = DistEnv.single()
 
 
 def _siglip_towers(synth_dataset, *extra: str):
