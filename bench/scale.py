@@ -16,7 +16,9 @@ randomly initialised demo config with `model.embed_dim=D` (encoding costs the sa
 Real embeddings instead (`--embeddings DIR --checkpoint CKPT`): the image vectors of a finished `retrieval
 embed` folder (e.g. a million rendered synth images) are indexed as the service's own `retrieval index build
 --embeddings` would, CKPT (the model that made them) serves, and recall is measured on text→image queries:
-the bench's synth captions encoded by CKPT, against exact search over the folder's vectors.
+the bench's synth captions encoded by CKPT, against exact search over the folder's vectors. The build gets
+~2,000 other captions (of other synth images) as the folder's texts, as `retrieval embed --image-dir …
+--text-file QUERIES` would give it, so the image index is tuned on text→image queries.
 
 Usage: .venv/bin/python bench/scale.py --sizes 100000 1000000 10000000 --dims 128 512 [--memory-budget 4GiB]
 Writes bench/results/scale.json (--out to change).
@@ -41,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scale_vectors import TEXTS, Entries, caption_vectors, clustered, with_texts  # noqa: E402
 from search_latency import (  # noqa: E402
     cpu_seconds,
     free_port,
@@ -54,49 +57,14 @@ from search_latency import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "scale.json"
-TEXTS = 10_000
-CHUNK = 200_000
 API_KEY = "scale-bench-key"
 
 
-def clustered(n: int, dim: int, seed: int, out: Path | None = None) -> np.ndarray:
-    """(n, dim) unit vectors: 1,000 wide clusters in a shared 64-d subspace plus noise (as search_latency's),
-    generated in chunks with per-chunk seeds (deterministic, bounded memory); into a .npy memmap if `out`."""
-    shared = np.random.default_rng(12345)
-    rank = min(64, dim)
-    basis = np.linalg.qr(shared.standard_normal((dim, rank)))[0].T
-    centres = shared.standard_normal((1000, rank))
-    array = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, dim)) if out else np.empty((n, dim), np.float32)
-    for number, start in enumerate(range(0, n, CHUNK)):
-        rng = np.random.default_rng([seed, number])
-        m = min(CHUNK, n - start)
-        latent = centres[rng.integers(0, len(centres), m)] + 0.8 * rng.standard_normal((m, rank))
-        block = latent @ basis + 0.2 * rng.standard_normal((m, dim))
-        array[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    if out:
-        array.flush()
-    return array
-
-
-class Entries(Sequence):
-    """N synthetic entries built on demand (a list of ten million dataclasses would take gigabytes)."""
-
-    def __init__(self, n: int, make) -> None:
-        self.n, self.make = n, make
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, key):
-        if isinstance(key, slice):
-            return [self.make(i) for i in range(*key.indices(self.n))]
-        return self.make(key)
-
-
 def build_child(work: Path, index: Path, n: int, dim: int, fingerprint: str, kind: str, budget: str, target: float,
-                report: Path, embeddings: str | None = None) -> None:
-    """In a child process: vectors (or a `retrieval embed` folder), then `build_index`; writes build time and
-    the process's peak RSS."""
+                report: Path, embeddings: str | None = None, checkpoint: Path | None = None,
+                tune_captions: Sequence[str] = ()) -> None:
+    """In a child process: vectors (or a `retrieval embed` folder, with `tune_captions` encoded by `checkpoint`
+    as its texts), then `build_index`; writes build time and the process's peak RSS."""
     import faiss
 
     from retrieval.embed import Embedded, ImageEntry, TextEntry, read_embeddings
@@ -105,7 +73,7 @@ def build_child(work: Path, index: Path, n: int, dim: int, fingerprint: str, kin
 
     faiss.omp_set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     if embeddings:
-        embedded = read_embeddings(embeddings)
+        embedded = with_texts(read_embeddings(embeddings), tune_captions, caption_vectors(checkpoint, tune_captions))
     else:
         vectors = work / f"vectors-{n}-{dim}.npy"
         if not vectors.is_file():
@@ -283,14 +251,6 @@ async def ingest(port: int, seconds: float, search_body: bytes, bodies: list[byt
             "load_average_1min": os.getloadavg()[0]}
 
 
-def real_queries(checkpoint: Path, captions: list[str], n: int) -> np.ndarray:
-    """Text→image recall queries for real embeddings: `n` synth captions encoded by the model that made them."""
-    from retrieval.checkpoint import load_model
-    from retrieval.encode import encode_texts
-
-    return np.ascontiguousarray(encode_texts(load_model(checkpoint, device="cpu"), captions[:n]), np.float32)
-
-
 def measure(n: int, dim: int, args, work: Path) -> tuple[dict, dict]:
     from retrieval.checkpoint import read_checkpoint
 
@@ -306,16 +266,19 @@ def measure(n: int, dim: int, args, work: Path) -> tuple[dict, dict]:
         vectors = None  # written by the build child
         name = f"{n}-{dim}"
     fingerprint = read_checkpoint(checkpoint)["fingerprint"]
+    captions, _ = queries(synth_dataset(work))
+    seen = set(captions[: args.queries])  # recall queries; tuning queries are other captions of other images
+    tune_captions = [c for c in queries(synth_dataset(work), seed=1)[0] if c not in seen] if real else []
     index = work / f"index-{name}"
     report = work / f"build-{name}.json"
     if args.reuse_builds and report.is_file() and (index / "manifest.json").is_file():
         retune(index, vectors if real else np.load(work / f"vectors-{n}-{dim}.npy", mmap_mode="r"),
-               np.zeros((0, dim), np.float32) if real else clustered(TEXTS, dim, seed=2), args.target_recall)
+               caption_vectors(checkpoint, tune_captions) if real else clustered(TEXTS, dim, seed=2), args.target_recall)
     else:  # spawn, not fork: this process has used FAISS's OpenMP (exact search for the previous size), and a
         # forked child's first OpenMP call then waits forever on the parent's thread team (libgomp is not fork-safe)
         child = multiprocessing.get_context("spawn").Process(
             target=build_child, args=(work, index, n, dim, fingerprint, args.kind, args.memory_budget,
-                                       args.target_recall, report, args.embeddings))
+                                       args.target_recall, report, args.embeddings, checkpoint, tune_captions))
         child.start()
         child.join()
         if child.exitcode != 0:
@@ -326,9 +289,8 @@ def measure(n: int, dim: int, args, work: Path) -> tuple[dict, dict]:
 
     from retrieval.index.tune import exact_search
 
-    captions, _ = queries(synth_dataset(work))
     if real:
-        held_out = real_queries(checkpoint, captions, args.queries)
+        held_out = caption_vectors(checkpoint, captions[: args.queries])
     else:
         held_out = clustered(args.queries, dim, seed=3)
         vectors = np.load(work / f"vectors-{n}-{dim}.npy", mmap_mode="r")

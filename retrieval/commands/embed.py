@@ -1,4 +1,4 @@
-"""`retrieval embed`: encode a dataset's images and captions, an image folder or a text file into arrays.
+"""`retrieval embed`: encode a dataset's images and captions, an image folder and/or a text file into arrays.
 
 Output: OUT/image.npy, OUT/text.npy (float32, L2-normalised rows), OUT/images.jsonl, OUT/texts.jsonl
 (uri/caption/metadata per row, for the item store) and OUT/embed.json. Resumable: re-running the same
@@ -15,13 +15,15 @@ from retrieval.errors import UserError
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, require_checkpoint: bool = True) -> None:
-    """What to embed (one of --data, --image-dir, --text-file) and how (batch, shards, device)."""
+    """What to embed (--data, or --image-dir and/or --text-file) and how (batch, shards, device)."""
     parser.add_argument("--checkpoint", required=require_checkpoint, help="checkpoint file, or a run folder (its best.pt)")
     add_data_arguments(parser, required=False)
     parser.add_argument("--split", nargs="+", default=["test"],
                         help="dataset split(s) to embed, or 'all' (default: test)")
     parser.add_argument("--image-dir", help="embed every image file under this folder instead of a dataset")
-    parser.add_argument("--text-file", help="embed one text per line of this UTF-8 file instead of a dataset")
+    parser.add_argument("--text-file", help="embed one text per line of this UTF-8 file instead of a dataset; with "
+                        "--image-dir, the texts of the same collection (e.g. sample queries: the index build "
+                        "then tunes the image index on text→image queries)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--shard-size", type=int, default=10_000, help="items per resumable shard")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun: one GPU per rank)")
@@ -29,11 +31,10 @@ def add_source_arguments(parser: argparse.ArgumentParser, require_checkpoint: bo
 
 def embed_from_args(args: argparse.Namespace, out: str, force: bool = False, progress: bool = True) -> str:
     """Load the model, collect the source named by the options, embed it into `out`; returns `out`."""
-    chosen = [name for name in ("data", "image_dir", "text_file") if getattr(args, name)]
-    if len(chosen) != 1:
-        raise UserError("give exactly one of --data, --image-dir, --text-file")
+    if bool(args.data) == bool(args.image_dir or args.text_file):
+        raise UserError("give either --data, or --image-dir and/or --text-file")
     from retrieval.checkpoint import load_model
-    from retrieval.embed import embed_source, from_dataset, from_image_folder, from_text_file
+    from retrieval.embed import EmbedSource, embed_source, from_dataset, from_image_folder, from_text_file
 
     device = args.device
     if device == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -45,10 +46,12 @@ def embed_from_args(args: argparse.Namespace, out: str, force: bool = False, pro
     cfg_data = data_section(args)
     if args.data:
         source = from_dataset(cfg_data, args.split)
-    elif args.image_dir:
-        source = from_image_folder(args.image_dir, bool(cfg_data["skip_bad"]), int(cfg_data["workers"]))
     else:
-        source = from_text_file(args.text_file)
+        images = from_image_folder(args.image_dir, bool(cfg_data["skip_bad"]), int(cfg_data["workers"])) \
+            if args.image_dir else EmbedSource("", [], [])
+        texts = from_text_file(args.text_file) if args.text_file else EmbedSource("", [], [])
+        source = EmbedSource(" + ".join(filter(None, (images.description, texts.description))), images.images,
+                             texts.texts)
     workers = int(cfg_data["workers"]) if args.image_dir or args.data else 0
     embed_source(loaded, source, out, args.batch_size, args.shard_size, workers, progress, force)
     return out

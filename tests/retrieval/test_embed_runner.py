@@ -124,11 +124,28 @@ def test_cli_embed_then_index_build(make_karpathy, checkpoint, tmp_path, capsys)
 
 def test_cli_rejects_ambiguous_sources(checkpoint, tmp_path, capsys):
     assert main(["embed", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]) == 2
-    assert "exactly one of --data, --image-dir, --text-file" in capsys.readouterr().err
+    assert "give either --data, or --image-dir and/or --text-file" in capsys.readouterr().err
+    assert main(["embed", "--checkpoint", str(checkpoint), "--data", "d.json", "--text-file", "q.txt",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "give either --data" in capsys.readouterr().err
     assert main(["index", "build", "--out", str(tmp_path / "i")]) == 2
     assert main(["embed", "--checkpoint", str(checkpoint), "--text-file", str(tmp_path / "missing.txt"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "text file not found" in capsys.readouterr().err
+
+
+def test_cli_embeds_an_image_folder_with_a_text_file(make_karpathy, checkpoint, tmp_path, capsys):
+    """Images from a folder and texts (sample queries) from a file are one collection: both get embedded and
+    indexed, so the image index is tuned on text→image queries too."""
+    dataset = make_karpathy({"test": 3})
+    queries = tmp_path / "queries.txt"
+    queries.write_text("a red circle\n\na blue square\n", encoding="utf-8")
+    assert main(["embed", "--checkpoint", str(checkpoint), "--image-dir", str(dataset.images), "--text-file",
+                 str(queries), "--workers", "0", "--out", str(tmp_path / "emb"), "--no-progress"]) == 0
+    assert "3 images, 2 texts" in capsys.readouterr().out
+    embedded = read_embeddings(tmp_path / "emb")
+    assert [e.text for e in embedded.texts] == ["a red circle", "a blue square"]
+    assert embedded.text_vectors.shape == (2, 16)
 
 
 @pytest.mark.slow  # two torchrun processes each import torch and open_clip

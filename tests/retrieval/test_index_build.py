@@ -56,9 +56,11 @@ def test_ann_kinds_are_tuned_to_the_recall_target(tmp_path, kind, factory):
     assert measure_recall(collection, probe) >= 0.95
 
 
-def test_ivfpq_without_refine_and_small_collections(tmp_path):
+def test_ivfpq_without_refine_and_small_collections(tmp_path, caplog):
     embedded = make_embedded(tmp_path, 1200, 0)
     manifest = build_index(tmp_path / "a", embedded, kind="ivfpq", params={"refine": None, "nlist": 16})
+    # No texts: the image index can only be tuned on image→image queries, and the build says so.
+    assert "no text vectors to tune with" in caplog.text and "--text-file" in caplog.text
     assert manifest.collections["image"].factory == "IDMap2,IVF16,PQ8x8"
     assert isinstance(faiss.downcast_index(read_index(tmp_path / "a" / "image.faiss").index), faiss.IndexIVFPQ)
     assert manifest.collections["text"].count == 0 and manifest.collections["text"].kind == "flat"
