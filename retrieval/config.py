@@ -58,19 +58,40 @@ def _merge(base: dict, update: Mapping, schema: Mapping, where: str) -> None:
             base[key] = value
 
 
-def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
-    """`["training.lr=1e-3", "enn.ortho=exact"]` → nested dict; values are parsed as YAML scalars."""
-    nested: dict[str, Any] = {}
+def parse_overrides(pairs: Iterable[str]) -> list[tuple[list[str], Any]]:
+    """`["training.lr=1e-3", "enn.ortho=exact"]` → `[(["training", "lr"], 0.001), ...]`; values are parsed as
+    YAML scalars."""
+    parsed = []
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--set expects key=value (e.g. training.lr=1e-3), got {pair!r}")
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = _yaml(raw) if raw else None
-    return nested
+        parsed.append((key.split("."), _yaml(raw) if raw else None))
+    return parsed
+
+
+def _apply_override(cfg: dict, schema: Mapping, parts: list[str], value: Any) -> None:
+    """Set the one key `parts` names. Inside a free-form dict (open_clip's vision_cfg / text_cfg) a dotted key
+    sets that key and keeps the others (`model.vision_cfg.layers=8` deepens the configured tower); naming the
+    dict itself (`model.vision_cfg={...}`) replaces it."""
+    node, known = cfg, schema
+    for depth, part in enumerate(parts[:-1]):
+        sub = known.get(part)
+        if isinstance(sub, dict) and not sub:
+            inner = node[part]
+            for name in parts[depth + 1 : -1]:
+                inner = inner.setdefault(name, {})
+                if not isinstance(inner, dict):
+                    raise UserError(f"config key {'.'.join(parts)!r}: {name!r} is not a mapping")
+            inner[parts[-1]] = value
+            return
+        if not isinstance(sub, dict):
+            break  # unknown or a scalar: _merge below gives the usual message
+        node, known = node[part], sub
+    update: Any = value
+    for part in reversed(parts):
+        update = {part: update}
+    _merge(cfg, update, schema, "")
 
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[str, Any]:
@@ -91,9 +112,11 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[
         written = set(loaded.get("model") or {})
     else:
         written = set()
-    nested = parse_overrides(overrides)
-    _merge(cfg, nested, schema, "")
-    _inherit_architecture(cfg["model"], written | set(nested.get("model") or {}))
+    for parts, value in parse_overrides(overrides):
+        _apply_override(cfg, schema, parts, value)
+        if parts[0] == "model":
+            written |= {parts[1]} if len(parts) > 1 else set(value or {})
+    _inherit_architecture(cfg["model"], written)
     validate(cfg)
     if cfg["model"]["name"] or cfg["model"]["pretrained"]:
         from retrieval.pretrained import check_model_section  # imports open_clip: only when needed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from retrieval.config import load_config, parse_overrides, save_config
@@ -58,9 +60,23 @@ def test_saved_config_reloads_identically(tmp_path):
     assert load_config(tmp_path / "config.yaml") == cfg
 
 
+VIT_CONFIG = Path(__file__).parents[2] / "configs" / "synth-small-vit.yaml"
+
+
 def test_override_values_are_yaml_typed():
-    assert parse_overrides(["a.b=3", "a.c=true", "d=[1, 2]", "e=null"]) == {
-        "a": {"b": 3, "c": True},
-        "d": [1, 2],
-        "e": None,
-    }
+    assert parse_overrides(["a.b=3", "a.c=true", "d=[1, 2]", "e=null"]) == [
+        (["a", "b"], 3), (["a", "c"], True), (["d"], [1, 2]), (["e"], None)]
+
+
+def test_a_dotted_override_sets_one_key_of_a_tower_config():
+    """`model.vision_cfg.layers=8` deepens the configured tower; it used to replace the whole dict, so the
+    run silently fell back to open_clip's 224-px defaults."""
+    vit = load_config(VIT_CONFIG, ["model.vision_cfg.layers=8", "model.text_cfg.layers=8"])
+    assert vit["model"]["vision_cfg"] == {**load_config(VIT_CONFIG)["model"]["vision_cfg"],
+                                          "layers": 8}
+    assert vit["model"]["text_cfg"]["context_length"] == 32 and vit["model"]["text_cfg"]["layers"] == 8
+    # Naming the dict itself still replaces it (a different tower family).
+    resnet = load_config(VIT_CONFIG, ['model.vision_cfg={"image_size": 64, "layers": [1, 1]}'])
+    assert resnet["model"]["vision_cfg"] == {"image_size": 64, "layers": [1, 1]}
+    with pytest.raises(UserError, match=r"unknown config key 'model.vison_cfg'"):
+        load_config(None, ["model.vison_cfg.layers=8"])
