@@ -17,7 +17,7 @@ Real embeddings instead (`--embeddings DIR --checkpoint CKPT`): the image vector
 embed` folder (e.g. a million rendered synth images) are indexed as the service's own `retrieval index build
 --embeddings` would, CKPT (the model that made them) serves, and recall is measured on text→image queries:
 the bench's synth captions encoded by CKPT, against exact search over the folder's vectors. The build gets
-~2,000 other captions (of other synth images) as the folder's texts, as `retrieval embed --image-dir …
+~2,000 captions of a second sample of synth images (none of them a recall query) as the folder's texts, as `retrieval embed --image-dir …
 --text-file QUERIES` would give it, so the image index is tuned on text→image queries.
 
 Usage: .venv/bin/python bench/scale.py --sizes 100000 1000000 10000000 --dims 128 512 [--memory-budget 4GiB]
@@ -266,9 +266,10 @@ def measure(n: int, dim: int, args, work: Path) -> tuple[dict, dict]:
         vectors = None  # written by the build child
         name = f"{n}-{dim}"
     fingerprint = read_checkpoint(checkpoint)["fingerprint"]
-    captions, _ = queries(synth_dataset(work))
-    seen = set(captions[: args.queries])  # recall queries; tuning queries are other captions of other images
-    tune_captions = [c for c in queries(synth_dataset(work), seed=1)[0] if c not in seen] if real else []
+    dataset = synth_dataset(work)
+    captions, _ = queries(dataset)
+    seen = set(captions[: args.queries])  # the recall queries; tuning draws a second sample of images
+    tune_captions = [c for c in queries(dataset, seed=1)[0] if c not in seen] if real else []
     index = work / f"index-{name}"
     report = work / f"build-{name}.json"
     if args.reuse_builds and report.is_file() and (index / "manifest.json").is_file():

@@ -47,11 +47,13 @@ def embed_from_args(args: argparse.Namespace, out: str, force: bool = False, pro
     if args.data:
         source = from_dataset(cfg_data, args.split)
     else:
-        images = from_image_folder(args.image_dir, bool(cfg_data["skip_bad"]), int(cfg_data["workers"])) \
-            if args.image_dir else EmbedSource("", [], [])
-        texts = from_text_file(args.text_file) if args.text_file else EmbedSource("", [], [])
-        source = EmbedSource(" + ".join(filter(None, (images.description, texts.description))), images.images,
-                             texts.texts)
+        parts = []
+        if args.image_dir:
+            parts.append(from_image_folder(args.image_dir, bool(cfg_data["skip_bad"]), int(cfg_data["workers"])))
+        if args.text_file:
+            parts.append(from_text_file(args.text_file))
+        source = EmbedSource(" + ".join(p.description for p in parts), [e for p in parts for e in p.images],
+                             [e for p in parts for e in p.texts])
     workers = int(cfg_data["workers"]) if args.image_dir or args.data else 0
     embed_source(loaded, source, out, args.batch_size, args.shard_size, workers, progress, force)
     return out

@@ -224,7 +224,7 @@ def _build_collection(
     if chosen != "flat":
         if not len(other):
             log.warning("%s: no %s vectors to tune with: the %s index is tuned on %s→%s queries only, and "
-                        "cross-modal recall can fall well below the target (1M synth images: 0.88 against 0.95); "
+                        "cross-modal recall can fall well below the target (docs/scale.md); "
                         "embed sample queries with the collection (`retrieval embed --image-dir … --text-file …`)",
                         modality, "text" if modality == "image" else "image", modality, modality, modality)
         probe = make_probe(vectors, ids, other if len(other) else None, seed=seed)
