@@ -2,7 +2,9 @@
 
 Rows naming the same image are grouped into one record with several captions. Splits come from a
 `split` column/key when the file has one, or from a `{split}` placeholder in the path
-(`pairs_{split}.tsv`); a file with neither is taken to be the requested split as a whole.
+(`pairs_{split}.tsv`); a file with neither is taken to be the requested split as a whole. A file that
+names splits must name one on every line: a line without one would otherwise fall into whichever split
+is being read (training rows when training, test rows when evaluating), so such a file is refused.
 """
 
 from __future__ import annotations
@@ -83,16 +85,24 @@ def _read_file(
     root = path.parent if root is None else root
     rows = _jsonl_rows if path.suffix.lower() in _JSONL_SUFFIXES else _csv_rows
     grouped: dict[Path, ImageRecord] = {}
-    has_split = False
+    names_split = False  # some line has a `split` column/key (a CSV header counts for every line)
+    first_without: int | None = None  # the first line that leaves its split empty or out
     for line, row in rows(path, img_key, caption_key, separator, problems):
         source = f"{path}:{line}"
+        split = fixed_split or row.get(SPLIT_KEY)
+        if fixed_split is None:
+            names_split = names_split or SPLIT_KEY in row
+            if split is None or (isinstance(split, str) and not split.strip()):
+                split = None
+                first_without = line if first_without is None else first_without
+            if names_split and first_without is not None:
+                raise UserError(f"{path}:{first_without}: no {SPLIT_KEY!r} on this line, while the file names the "
+                                "split of other lines; give every line a split (train/val/test) or none")
         image, caption = row.get(img_key), row.get(caption_key)
         if not isinstance(image, str) or not image.strip():
             problems.seen += 1
             problems.report("malformed", f"{source}: no image path in {img_key!r}")
             continue
-        split = fixed_split or row.get(SPLIT_KEY)
-        has_split = has_split or split is not None
         if split is None:
             split = splits[0]
         elif split not in KNOWN_SPLITS:
@@ -108,7 +118,7 @@ def _read_file(
             record = grouped[image_path] = ImageRecord(image_path, [], split, source)
         captions = caption if isinstance(caption, list) else [caption]
         record.captions += clean_captions(captions, source, problems)
-    if not has_split and fixed_split is None:
+    if not names_split and fixed_split is None:
         logger.info("%s has no %r column: all its rows are used as split %r", path, SPLIT_KEY, splits[0])
     return [r for r in grouped.values() if _usable(r, problems)]
 

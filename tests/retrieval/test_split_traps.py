@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from train_testing import one_thread, train_overrides  # noqa: F401
 
 from retrieval.cli import main as cli
-from retrieval.config import load_config, save_config
-from retrieval.data.records import split_problem
+from retrieval.config import defaults, load_config, save_config
+from retrieval.data.records import load_records, split_problem
+from retrieval.errors import UserError
 
 
 def _pairs_file(dataset, path, with_split: bool):
@@ -41,10 +43,26 @@ def test_split_problem_only_for_pairs_files_that_name_no_split(tmp_path, synth_d
     assert "no 'split' column" in split_problem({**cfg, "path": str(plain)})
     assert split_problem({**cfg, "path": str(split)}) is None
     assert split_problem({**cfg, "path": str(tmp_path / "pairs_{split}.tsv")}) is None
-    jsonl = tmp_path / "p.jsonl"
-    jsonl.write_text(json.dumps({"filepath": "a.png", "title": "x"}) + "\n"
-                     + json.dumps({"filepath": "b.png", "title": "y", "split": "val"}) + "\n")
-    assert split_problem({**cfg, "path": str(jsonl)}) is None
+
+
+@pytest.mark.parametrize("splits, first_without", [((None, "val", "test"), 1), (("val", "test", None, None), 3),
+                                                   (("val", "", "test"), 2)])
+@pytest.mark.parametrize("suffix", [".jsonl", ".tsv"])
+def test_a_file_where_some_lines_name_no_split_is_refused_naming_the_first(tmp_path, splits, first_without, suffix):
+    # Lines without a split would join whichever split is read: training rows in training, test rows in eval.
+    path = tmp_path / f"mixed{suffix}"
+    if suffix == ".jsonl":
+        lines = [json.dumps({"filepath": f"{i}.png", "title": "x", **({"split": s} if s is not None else {})})
+                 for i, s in enumerate(splits)]
+        line_no = first_without
+    else:
+        lines = ["filepath\ttitle\tsplit"] + [f"{i}.png\tx\t{s or ''}" for i, s in enumerate(splits)]
+        line_no = first_without + 1  # after the header
+    path.write_text("\n".join(lines) + "\n")
+    cfg = {**defaults()["data"], "format": "csv", "path": str(path), "images": str(tmp_path)}
+    for split in ("train", "test"):
+        with pytest.raises(UserError, match=rf"mixed{suffix}:{line_no}: no 'split' on this line"):
+            load_records(cfg, split)
 
 
 def test_training_on_a_split_less_file_with_validation_is_refused_in_one_line(capsys, tmp_path, synth_dataset):
