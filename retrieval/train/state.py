@@ -137,6 +137,11 @@ def restore_training_state(payload: dict[str, Any], towers: Towers, trainables: 
         module.load_state_dict(extra_state[name])
     set_rng_state(payload["rng"])
     progress = Progress(**payload["progress"])
+    if not payload["config"]["data"].get("val_split") and math.isfinite(progress.best_rsum):
+        # Checkpoints written before best_rsum meant "validation RSUM" stored the step count there when no
+        # validation ran (e.g. 560 at step 560): a run without validation has no RSUM to report.
+        log.info("%s: dropping best_rsum %g, which no validation measured", where, progress.best_rsum)
+        progress.best_rsum = -math.inf
     log.info("resuming from %s at step %d (epoch %d, batch %d)", where, progress.step, progress.epoch,
              progress.batch_in_epoch)
     return progress

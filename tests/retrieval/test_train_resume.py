@@ -90,3 +90,16 @@ def test_killed_process_resumed_from_the_cli_equals_uninterrupted(synth_dataset,
     assert result.returncode == 0, result.stderr[-2000:]
     final = checkpoint_weights(run.last)
     assert max_weight_difference(final, checkpoint_weights(RunDir(reference).last)) < TOLERANCE
+
+
+def test_a_run_without_validation_resumed_from_an_old_checkpoint_reports_no_rsum(synth_dataset, tmp_path):
+    out = tmp_path / "run"
+    train_bp(train_config(synth_dataset, "data.val_split=null", "training.max_steps=4"), out)
+    run = RunDir(out)
+    saved = torch.load(run.last, map_location="cpu", weights_only=False)
+    # Before best_rsum meant "validation RSUM", a run without validation stored its step count there.
+    saved["progress"]["best_rsum"] = float(saved["progress"]["step"])
+    torch.save(saved, run.last)
+    summary = train_bp(train_config(synth_dataset, "data.val_split=null", "training.max_steps=6"), out, resume=True)
+    assert summary["step"] == 6
+    assert summary["best_rsum"] is None and summary["best"] == "last checkpoint" and summary["best_step"] == 6
