@@ -6,10 +6,14 @@ at K when *any* of them is in the top K. Rank = 1-based position of the best-pla
 
 Ties (scores within TIE_TOLERANCE of the correct one; the tolerance absorbs float32 rounding, ~1e-7
 between matmul blocks and a direct dot product) are settled by `ties`:
-- "position" (default): a tied item ranks ahead when it comes first in the gallery, as a stable sort of
-  the scores does — what CLIP_benchmark (torch.topk) and VSE++ (argsort) report, so our figures compare
-  with published ones. A constant embedding then ranks each query's item at its gallery position (chance
-  level, nowhere near 100 %).
+- "position" (default): a tied item ranks ahead when it comes first in the gallery, as a stable
+  descending sort (`argsort(-scores, kind="stable")`) orders them. The reference tools define no tie
+  rule of their own: VSE++ ranks with `numpy.argsort(scores)[::-1]`, which reverses an ascending sort and
+  so puts the *later* of equal items first wherever numpy's sort keeps them in order, and CLIP_benchmark's
+  `torch.topk` leaves equal scores in whatever order the kernel returns. Either fixed order only moves
+  exact ties (captions repeated verbatim across images), by tenths of a point, and favours the model no
+  more than chance does; what matters is that ties are not all counted as hits. A constant embedding
+  thus ranks each query's item at its gallery position (chance level, nowhere near 100 %).
 - "pessimistic": every tied wrong item ranks ahead, so ties never help (a lower bound; at most a few
   tenths of a point lower where a dataset repeats captions verbatim).
 
@@ -43,7 +47,7 @@ def retrieval_metrics(
 
     Keys: `i2t_r{k}`, `t2i_r{k}` for each k in `ks`, `rsum` (sum of those recalls), `i2t_medr`,
     `i2t_meanr`, `t2i_medr`, `t2i_meanr`. Inputs: image_emb (N, d), text_emb (M, d), text_to_image (M,).
-    `ties`: "position" (CLIP_benchmark-compatible) or "pessimistic" (see the module docstring).
+    `ties`: "position" (gallery order, a stable sort) or "pessimistic" (see the module docstring).
     """
     i2t, t2i = retrieval_ranks(image_emb, text_emb, text_to_image, ties)
     return summarize_ranks(i2t, t2i, ks)

@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--index", help="also measure recall through this index folder (its ANN index and exact "
                         "search over its stored vectors) and the index's recall@10 against exact search")
     parser.add_argument("--ties", choices=TIE_RULES, default="position",
-                        help="how equal scores rank: position (default; as CLIP_benchmark and VSE++, comparable "
-                        "with published tables) or pessimistic (every tied wrong item ranks first)")
+                        help="how equal scores rank: position (default; in gallery order, as a stable sort ranks them, "
+                        "comparable with published tables up to exact ties) or pessimistic (every tied wrong "
+                        "item ranks first)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
@@ -145,7 +146,7 @@ _COLUMNS = (("i2t_r1", "R@1"), ("i2t_r5", "R@5"), ("i2t_r10", "R@10"), ("i2t_med
 
 
 TIES_HEADER = {
-    "position": "ties broken by gallery position, as CLIP_benchmark and VSE++",
+    "position": "ties broken by gallery position (a stable sort)",
     "pessimistic": "ties counted against the model (a lower bound)",
 }
 

@@ -35,7 +35,7 @@ def reference_ranks(
 
 
 def topk_ranks(images: np.ndarray, texts: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks as CLIP_benchmark's stable ordering finds them: position of the first correct item in a stable
+    """Ranks as a stable ordering finds them: position of the first correct item in a stable
     descending sort of the scores (rounded, so that BLAS rounding does not split equal scores)."""
     scores = np.round(images.astype(np.float64) @ texts.astype(np.float64).T, 6)
     t2i = [1 + int(np.flatnonzero(np.argsort(-scores[:, j], kind="stable") == owner[j])[0]) for j in range(len(owner))]
