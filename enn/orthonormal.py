@@ -90,25 +90,29 @@ NEAR_ORTHONORMAL = 0.1  # ‖AᵀA − I‖_F below which one Cholesky QR pass i
 
 
 @torch.no_grad()
-def orthonormal_factor(a: Tensor) -> Tensor:
+def orthonormal_factor(a: Tensor) -> tuple[Tensor, bool]:
     """The same Q factor as `orthonormalize`, without autograd, cheaply for the near-orthonormal raw factors
-    an optimizer step leaves: Cholesky QR (R = chol(AᵀA)ᵀ, Q = A·R⁻¹; two BLAS-3 products instead of a
-    Householder sweep). Its error grows like cond(A)² · rounding, so one pass suffices when
-    ‖AᵀA − I‖_F < NEAR_ORTHONORMAL (cond(A)² < 1.23: ‖QᵀQ − I‖_F ≈ 5e-6 in float32 at r = 256, as Householder
-    with a refinement step); a second pass ("CholeskyQR2") handles anything further away. Every R has a
-    positive diagonal, so the factor is QR's. Falls back to Householder when AᵀA is not numerically
-    positive definite.
+    an optimizer step leaves, and whether it is orthonormal to float rounding.
+
+    Cholesky QR: R = chol(AᵀA)ᵀ, Q = A·R⁻¹ (two BLAS-3 products instead of a Householder sweep). Its error
+    grows like cond(A)² · rounding, so one pass suffices when ‖AᵀA − I‖_F < NEAR_ORTHONORMAL (cond(A)² < 1.23:
+    ‖QᵀQ − I‖_F ≈ 5e-6 in float32 at r = 256, as Householder with a refinement step); a second pass
+    ("CholeskyQR2") handles anything further away. The flag is that bound, read off the Gram product the
+    pass computes anyway (no extra product): True when the last pass started near orthonormal, or when the
+    Householder fallback (for AᵀA not numerically positive definite) produced the factor. Every R has a
+    positive diagonal, so the factor is QR's.
     """
     with torch.autocast(a.device.type, enabled=False):
         q = _float(a)
+        near = False
         for _ in range(2):
             gram = q.mT @ q
             chol, info = torch.linalg.cholesky_ex(gram)
             if bool((info != 0).any()):
-                return _OrthonormalFactor.apply(_float(a))
-            eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-            near = float(torch.linalg.matrix_norm(gram - eye).max()) < NEAR_ORTHONORMAL
+                return _OrthonormalFactor.apply(_float(a)), True
+            gram.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+            near = float(torch.linalg.matrix_norm(gram).max()) < NEAR_ORTHONORMAL
             q = torch.linalg.solve_triangular(chol.mT, q, upper=True, left=False)
             if near:
                 break
-        return q
+        return q, near

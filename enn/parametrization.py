@@ -64,7 +64,7 @@ class EnnWeight(nn.Module):
         self.register_parameter("Q" + suffix, nn.Parameter(torch.empty(*lead, m, r, **kw), grad))
         self.lam = nn.Parameter(torch.empty(*lead, r, **kw), grad)
         self.register_parameter("P" + suffix, nn.Parameter(torch.empty(*lead, n, r, **kw), grad))
-        self._clean: dict[str, tuple] = {}  # exact mode: state of each raw factor right after `retract`
+        self._clean: dict[str, Fingerprint] = {}  # exact mode: each clean raw factor as `retract` left it
 
     def _stored_bases(self) -> tuple[Tensor, Tensor]:
         if self.ortho == "exact":
@@ -74,13 +74,15 @@ class EnnWeight(nn.Module):
     def bases(self) -> tuple[Tensor, Tensor]:
         """The bases (Q, P) used in the product; orthonormalised on the fly in "exact" mode.
 
-        Right after `retract` the raw factors are their own orthonormal factors (R = I), so until something
-        changes them the QR is skipped: the basis is the raw factor itself, with QR's backward at R = I.
+        Right after `retract` the raw factors are their own orthonormal factors (R = I), so while a factor is
+        bit for bit what `retract` left the QR is skipped: the basis is the raw factor itself, with QR's
+        backward at R = I. "Bit for bit" is read from the values (`Fingerprint`), not from
+        ``Tensor._version``, which fused optimizers and ``.data`` writes leave as it was.
         """
         q, p = self._stored_bases()
         if self.ortho == "exact":
-            return tuple(projected_identity(raw) if self._clean.get(name) == _state(raw) else orthonormalize(raw)
-                         for name, raw in (("Q", q), ("P", p)))
+            return tuple(projected_identity(raw) if name in self._clean and self._clean[name].matches(raw)
+                         else orthonormalize(raw) for name, raw in (("Q", q), ("P", p)))
         return q, p
 
     @torch.no_grad()
@@ -95,10 +97,14 @@ class EnnWeight(nn.Module):
         if self.ortho != "exact":
             return
         for name, raw in (("Q", self.Q_raw), ("P", self.P_raw)):
-            raw.copy_(orthonormal_factor(raw))
-            # Any later in-place change (optimizer step, load_state_dict) bumps the version and ends the
-            # shortcut in `bases`; so does a move to new storage or another dtype.
-            self._clean[name] = _state(raw)
+            factor, orthonormal = orthonormal_factor(raw)
+            raw.copy_(factor)
+            # Clean only when what was stored is orthonormal to rounding: not when the retraction missed
+            # that bound, nor when storing rounded it to half precision (‖QᵀQ − I‖ ≈ 1e-2 in bf16).
+            if orthonormal and raw.dtype in (torch.float32, torch.float64):
+                self._clean[name] = Fingerprint(raw)
+            else:
+                self._clean.pop(name, None)
 
     def forward(self) -> Tensor:
         """Materialise the weight: Q·diag(Λ)·Pᵀ per block, reshaped to the host's weight shape."""
@@ -127,9 +133,27 @@ class EnnWeight(nn.Module):
         return f"shape={self.shape}, blocks={self.blocks}, ortho={self.ortho!r}"
 
 
-def _state(t: Tensor) -> tuple:
-    """What identifies a tensor's current values without reading them: in-place version, storage, dtype."""
-    return t._version, t.data_ptr(), t.dtype
+class Fingerprint:
+    """Tells whether a tensor still holds the values it had when fingerprinted, in one pass over it.
+
+    Each row's dot product with a fixed random probe (one matrix-vector product, m·r multiply-adds; no QR,
+    no copy of the tensor). Any write that changes a value by more than the rounding of those sums changes
+    the fingerprint, whoever wrote it; a change below it leaves the factor orthonormal to rounding anyway.
+    A different dtype, device or shape never matches.
+    """
+
+    def __init__(self, t: Tensor) -> None:
+        gen = torch.Generator().manual_seed(0)  # fixed and private: the global RNG stream is left alone
+        self.probe = torch.randn(t.shape[-1], generator=gen, dtype=t.dtype).to(t.device)
+        self.meta = (t.shape, t.dtype, t.device)
+        self.sums = self._sums(t)
+
+    def _sums(self, t: Tensor) -> Tensor:
+        return t.detach() @ self.probe
+
+    def matches(self, t: Tensor) -> bool:
+        """Whether ``t`` holds exactly the fingerprinted values (a host sync on accelerators)."""
+        return (t.shape, t.dtype, t.device) == self.meta and torch.equal(self._sums(t), self.sums)
 
 
 def enn_weights(module: nn.Module) -> Iterator[tuple[str, EnnWeight]]:

@@ -115,9 +115,12 @@ def test_cholesky_retraction_gives_the_householder_factor() -> None:
     a = torch.linalg.qr(torch.randn(3, 200, 64))[0] + 1e-2 * torch.randn(3, 200, 64)
     from enn.orthonormal import orthonormal_factor
 
-    torch.testing.assert_close(orthonormal_factor(a), enn.orthonormalize(a), rtol=1e-4, atol=1e-5)
+    q, orthonormal = orthonormal_factor(a)
+    assert orthonormal
+    torch.testing.assert_close(q, enn.orthonormalize(a), rtol=1e-4, atol=1e-5)
     singular = torch.zeros(10, 4)
     singular[:4] = torch.eye(4)
     singular[:, 3] = 0  # rank-deficient: Cholesky fails, Householder still returns an orthonormal factor
-    q = orthonormal_factor(singular)
+    q, orthonormal = orthonormal_factor(singular)
+    assert orthonormal
     assert torch.allclose(q.mT @ q, torch.eye(4), atol=1e-5)
