@@ -104,6 +104,7 @@ def main(argv: list[str]) -> int:
     print(f"split {args.split!r} of {cfg_data['path']}: {eval_set.n_images} images, {eval_set.n_captions} captions")
     print(format_table(results, ties=args.ties))
     if index_report is not None:
+        print(describe_index_search(index_report["search"]))
         overlap = index_report["ann_vs_exact_recall_at_10"]
         print(f"index recall@10 against exact search: images {overlap['image']:.4f}, captions {overlap['text']:.4f}")
     if args.json:
@@ -119,7 +120,7 @@ def main(argv: list[str]) -> int:
             "seconds": seconds,
         }
         if index_report is not None:
-            report["index"] = {key: index_report[key] for key in ("ann_vs_exact_recall_at_10", "depth")}
+            report["index"] = {key: index_report[key] for key in ("search", "ann_vs_exact_recall_at_10", "depth")}
         write_json(report, args.json)
     return 0
 
@@ -169,6 +170,17 @@ def format_table(results: dict[str, dict[str, float]], ties: str = "position") -
         row("", [f"{label:>6}" for _, label in _COLUMNS]),
     ]
     lines += [row(name, [cell(key, metrics[key]) for key, _ in _COLUMNS]) for name, metrics in results.items()]
+    return "\n".join(lines)
+
+
+def describe_index_search(search: dict[str, dict[str, Any]]) -> str:
+    """Which index, search parameters and split restriction produced the index row, per direction."""
+    lines = ["index row (R@K from top-10 requests):"]
+    for direction, modality in (("text → image", "image"), ("image → text", "text")):
+        used = search[modality]
+        params = ", ".join(f"{key}={value}" for key, value in used["search_params"].items()) or "exhaustive"
+        lines.append(f"  {direction}: {modality} index {used['kind']} ({params}), split {used['split_items']:,} "
+                     f"of {used['items']:,} items, restriction: {used['restriction']}")
     return "\n".join(lines)
 
 

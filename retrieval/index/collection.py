@@ -78,6 +78,15 @@ class Collection:
             scores[short], ids[short] = self._exhaustive(queries[short], k, allowed, positions)
         return scores, ids
 
+    def search_ann(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`search` restricted to `allowed` through the ANN index however few they are: the selector and
+        widened budget of a large filter, never the exhaustive path (what `retrieval eval --index` measures)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        allowed = np.asarray(allowed, np.int64)
+        if self.kind == "flat":
+            return self.search(queries, k, allowed)
+        return self._widened(queries, k, allowed, self._positions(allowed))
+
     def _widened(self, queries: np.ndarray, k: int, allowed: np.ndarray, positions: np.ndarray) -> tuple:
         """ANN search restricted to `allowed`, its budget scaled by 1 / (allowed fraction)."""
         scale = int(np.ceil(self.index.ntotal / max(1, len(positions))))

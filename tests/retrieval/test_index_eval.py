@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from index_testing import make_embedded
 
 from retrieval.checkpoint import load_model, save_checkpoint
 from retrieval.cli import main
 from retrieval.config import defaults, load_config
+from retrieval.data.evalset import EvalSet
 from retrieval.embed import embed_source, from_dataset, read_embeddings
 from retrieval.errors import UserError
 from retrieval.evaluate import encode_eval_set, evaluate_embeddings, load_eval_set
 from retrieval.index import build_index
 from retrieval.index.evaluate import evaluate_through_index
+from retrieval.index.index_dir import IndexDir
 from retrieval.model import build_towers
 
 TINY = [
@@ -89,6 +94,63 @@ def test_eval_command_with_index(make_karpathy, checkpoint, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "index (flat)" in out and "index exact" in out and "index recall@10 against exact search" in out
+    assert "text → image: image index flat (exhaustive), split 5 of 5 items" in out
     report = json.loads((tmp_path / "r.json").read_text())
+    assert report["index"]["search"]["text"]["kind"] == "flat"
     assert report["index"]["ann_vs_exact_recall_at_10"] == {"image": 1.0, "text": 1.0}
     assert report["results"]["index (flat)"]["t2i_r1"] == report["results"]["index exact"]["t2i_r1"]
+
+
+def _weak_index(tmp_path, kind: str, n_images: int):
+    """An index of random-ish vectors searched with the cheapest setting (efSearch 16 on a sparse graph; one
+    IVF list): its answers visibly differ from exact search."""
+    embedded = make_embedded(tmp_path / "emb", n_images, 2 * n_images, dim=32, seed=3)
+    folder = tmp_path / f"idx-{kind}"
+    build_index(folder, embedded, kind=kind, target_recall=0.01, params={"M": 4, "efConstruction": 8, "nlist": 64})
+    return folder, embedded
+
+
+def _eval_set(embedded, n_images: int) -> EvalSet:
+    """The first `n_images` images of `embedded` with their captions, as an eval split."""
+    owner = np.array([t.image for t in embedded.texts])
+    keep = np.flatnonzero(owner < n_images)
+    return EvalSet([Path(e.uri) for e in embedded.images[:n_images]], [embedded.texts[j].text for j in keep],
+                   owner[keep], [""] * n_images, "test")
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_the_index_row_is_what_the_service_answers_not_exact_search(tmp_path, kind):
+    folder, embedded = _weak_index(tmp_path, kind, 1500)
+    eval_set = _eval_set(embedded, 1500)  # the index holds exactly the split
+    images, texts = embedded.image_vectors, embedded.text_vectors
+    report = evaluate_through_index(folder, images, texts, eval_set, embedded.fingerprint)
+    ann, exact = report["rows"][f"index ({kind})"], report["rows"]["index exact"]
+    served = IndexDir(folder)
+    try:
+        by_uri = {uri: row for row, uri in enumerate(str(p) for p in eval_set.images)}
+        hits = served.search("image", texts, 10)
+        rows = [[by_uri[h.item.uri] for h in found] for found in hits]
+        params = served.collections["image"].search_params
+    finally:
+        served.store.close()
+    for k in (1, 5, 10):
+        expected = 100 * np.mean([owner in r[:k] for owner, r in zip(eval_set.text_to_image, rows, strict=True)])
+        assert abs(ann[f"t2i_r{k}"] - expected) <= 100 / len(texts) + 1e-9, k  # at most one equal-score swap
+    assert ann["t2i_r10"] < exact["t2i_r10"] - 2 and ann["i2t_r10"] < exact["i2t_r10"] - 2, (ann, exact)
+    assert report["search"]["image"] == {"kind": kind, "search_params": params, "items": 1500, "split_items": 1500,
+                                         "restriction": "none (the index holds the split)"}
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_a_split_of_a_larger_index_is_searched_through_the_ann_with_a_selector(tmp_path, kind):
+    folder, embedded = _weak_index(tmp_path, kind, 3000)
+    eval_set = _eval_set(embedded, 1000)  # a third of the index: small enough for the service's exhaustive path
+    owner = eval_set.text_to_image
+    report = evaluate_through_index(folder, embedded.image_vectors[:1000],
+                                    embedded.text_vectors[np.flatnonzero(np.array([t.image for t in embedded.texts]) < 1000)],
+                                    eval_set, embedded.fingerprint)
+    ann, exact = report["rows"][f"index ({kind})"], report["rows"]["index exact"]
+    # The budget widened ×3 makes the ANN nearly exact, but not quite; the exhaustive path would be exact.
+    assert len(owner) == 2000 and ann["rsum"] < exact["rsum"] - 2, (ann, exact)
+    assert report["search"]["text"]["split_items"] == 2000 and report["search"]["text"]["items"] == 6000
+    assert report["search"]["image"]["restriction"] == "ID selector, widened budget"
