@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 from retrieval.data.arguments import add_data_arguments, data_section
+from retrieval.data.generated import CEILING_FILE
 from retrieval.errors import UserError
 from retrieval.metrics import TIE_RULES
 
+CEILING_ROW = "ceiling (oracle)"
 RANDOM_DIM = 128  # dimension of the random baseline when no checkpoint fixes it (chance barely depends on it)
 
 
@@ -101,8 +103,11 @@ def main(argv: list[str]) -> int:
         results.update(index_report["rows"])
     seconds["metrics"] = time.perf_counter() - start
 
+    ceiling = _ceiling(cfg_data, args.split, eval_set)
     print(f"split {args.split!r} of {cfg_data['path']}: {eval_set.n_images} images, {eval_set.n_captions} captions")
-    print(format_table(results, ties=args.ties))
+    print(format_table({**results, **({CEILING_ROW: ceiling} if ceiling else {})}, ties=args.ties))
+    if ceiling:
+        print(f"{CEILING_ROW}: expected recall of an oracle that knows every garment's class and place ({CEILING_FILE})")
     if index_report is not None:
         print(describe_index_search(index_report["search"]))
         overlap = index_report["ann_vs_exact_recall_at_10"]
@@ -117,12 +122,22 @@ def main(argv: list[str]) -> int:
             "checkpoint": args.checkpoint,
             "fingerprint": loaded.fingerprint if loaded is not None else None,
             "results": results,
+            "ceiling": ceiling,
             "seconds": seconds,
         }
         if index_report is not None:
             report["index"] = {key: index_report[key] for key in ("search", "ann_vs_exact_recall_at_10", "depth")}
         write_json(report, args.json)
     return 0
+
+
+def _ceiling(cfg_data: dict[str, Any], split: str, eval_set: Any) -> dict[str, float] | None:
+    """The recall ceiling recorded beside a generated dataset (`retrieval data fashion`) for this split."""
+    if cfg_data.get("format", "karpathy") != "karpathy":
+        return None
+    from retrieval.data.fashion.ceiling import read_ceiling
+
+    return read_ceiling(Path(str(cfg_data["path"])).expanduser(), split, eval_set.n_images, eval_set.n_captions)
 
 
 def _refuse_training_rows(cfg_data: dict[str, Any], loaded: Any) -> None:
@@ -157,7 +172,9 @@ def format_table(results: dict[str, dict[str, float]], ties: str = "position") -
     line says how ties were ranked, since that moves R@K by tenths of a point on repeated captions."""
     width = max([len(name) for name in results] + [5])
 
-    def cell(key: str, value: float) -> str:
+    def cell(key: str, value: float | None) -> str:
+        if value is None:  # a row without ranks (the ceiling)
+            return f"{'—':>6}"
         integral = key.endswith("medr") and float(value).is_integer()
         return f"{value:>6.0f}" if integral else f"{value:>6.1f}"
 
@@ -169,7 +186,7 @@ def format_table(results: dict[str, dict[str, float]], ties: str = "position") -
         f"{'':<{width}}  {'image → text':^27}   {'text → image':^27}",
         row("", [f"{label:>6}" for _, label in _COLUMNS]),
     ]
-    lines += [row(name, [cell(key, metrics[key]) for key, _ in _COLUMNS]) for name, metrics in results.items()]
+    lines += [row(name, [cell(key, metrics.get(key)) for key, _ in _COLUMNS]) for name, metrics in results.items()]
     return "\n".join(lines)
 
 

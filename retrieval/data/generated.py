@@ -30,6 +30,7 @@ from retrieval.errors import UserError
 
 logger = logging.getLogger(__name__)
 SceneT = TypeVar("SceneT")
+CEILING_FILE = "ceiling.json"  # the recall a perfect caption reader reaches, written beside some datasets
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def _check_replaceable(out_dir: Path, name: str, overwrite: bool) -> None:
     if not entries:
         out_dir.rmdir()
         return
-    if _existing_params(out_dir, name) is None or not entries <= {"dataset.json", "images"}:
+    if _existing_params(out_dir, name) is None or not entries <= {"dataset.json", "images", CEILING_FILE}:
         raise UserError(f"--out {out_dir} is not empty and is not a {name} dataset; choose another folder")
     if not overwrite:
         raise UserError(f"--out {out_dir} holds a {name} dataset made with other arguments; add --overwrite to replace it")

@@ -29,10 +29,12 @@ from retrieval.data.fashion import (
     pools,
     render,
 )
-from retrieval.data.fashion.scene import relations
+from retrieval.data.fashion.ceiling import read_caption, split_ceiling, true_of
+from retrieval.data.fashion.scene import CLASSES, relations
 from retrieval.data.generated import split_sizes
 from retrieval.data.wording import PLACE_WORDS, RELATION_WORDS
 from retrieval.errors import UserError
+from retrieval.metrics import retrieval_metrics
 
 N_TRAIN, N_TEST = 40, 20
 TEST_BASE = 150  # pixel value of t10k photo 0; train photo i is 1 + i, so a pixel names its source file
@@ -226,8 +228,6 @@ def _oracle_embeddings(planned, bound: bool) -> tuple[np.ndarray, np.ndarray, np
 
 
 def test_knowing_the_garments_without_their_places_is_not_enough(planned):
-    from retrieval.metrics import retrieval_metrics
-
     test_split = [p for p in planned if p.split == "test"]
     where = retrieval_metrics(*_oracle_embeddings(test_split, bound=True))
     bag = retrieval_metrics(*_oracle_embeddings(test_split, bound=False))
@@ -243,3 +243,61 @@ def test_fashion_config_is_the_demo_config_on_other_data():
     for key in ("path", "images"):
         del fashion["data"][key], synth["data"][key]
     assert fashion == synth
+
+
+def _entry(garments: list[tuple[str, int, int]], *captions: str) -> dict:
+    """A Karpathy entry of a hand-made scene: (class, row, col) per garment."""
+    return {"garments": [{"label": CLASSES.index(c), "row": r, "col": col} for c, r, col in garments],
+            "sentences": [{"raw": caption} for caption in captions]}
+
+
+def test_the_ceiling_is_the_expected_recall_of_an_oracle_that_knows_classes_and_places():
+    entries = [
+        _entry([("sneaker", 0, 0), ("bag", 1, 1)], "a sneaker in the top left corner"),  # fits pictures 0, 1, 3
+        _entry([("sneaker", 0, 0), ("coat", 1, 1)], "a jacket in the lower right"),  # 1, 3
+        _entry([("bag", 0, 0), ("sneaker", 1, 1)], "the handbag is above the running shoe"),  # 2 (not 3: same row)
+        _entry([("sneaker", 0, 0), ("coat", 1, 1), ("bag", 0, 1)], "a trainer to the left of a bag"),  # 0, 3
+    ]
+    ceiling = split_ceiling(entries)
+    # text → image: a caption that fits c pictures finds its own first with chance 1/c
+    assert ceiling["t2i_r1"] == pytest.approx(100 * (1 / 3 + 1 / 2 + 1 + 1 / 2) / 4) and ceiling["t2i_r5"] == 100
+    # image → text: picture 0's caption (3 fits) comes after caption 3 (2 fits); picture 3's ties with caption 1
+    assert ceiling["i2t_r1"] == pytest.approx(100 * (0 + 1 + 1 + 1 / 2) / 4) and ceiling["i2t_r5"] == 100
+    assert (ceiling["images"], ceiling["captions"]) == (4, 4)
+
+
+def test_a_caption_that_places_every_garment_fits_only_pictures_of_exactly_those_garments():
+    whole = read_caption("top left: a trainer, bottom right: a jacket")
+    cells = np.full((2, len(CLASSES)), -1)
+    cells[:, CLASSES.index("sneaker")], cells[:, CLASSES.index("coat")] = 0, 3
+    cells[1, CLASSES.index("bag")] = 1  # a third garment: the caption would not have left it out
+    assert true_of(whole, cells).tolist() == [True, False]
+    assert true_of(read_caption("a trainer in the top left corner"), cells).tolist() == [True, True]
+
+
+def test_the_ceiling_refuses_a_caption_it_cannot_read():
+    with pytest.raises(ValueError, match="does not understand"):
+        split_ceiling([_entry([("sneaker", 0, 0), ("bag", 1, 1)], "a sneaker and a bag")])
+    with pytest.raises(ValueError, match="false of its own picture"):
+        split_ceiling([_entry([("sneaker", 0, 0), ("bag", 1, 1)], "a bag in the top left corner")])
+
+
+def test_the_ceiling_reader_understands_every_generated_caption(planned):
+    test_split = [p for p in planned if p.split == "test"]
+    entries = [{"garments": [g.to_json() for g in p.scene.garments],
+                "sentences": [{"raw": c} for c in p.captions]} for p in test_split]
+    ceiling = split_ceiling(entries)  # every caption read, and true of its own picture
+    # every picture has a whole-scene caption, which fits few other pictures; most single facts fit many
+    assert 0 < ceiling["t2i_r1"] < ceiling["t2i_r10"] <= 100 and ceiling["i2t_r1"] > 90
+
+
+def test_data_fashion_writes_the_ceiling_and_eval_prints_it(dataset, capsys, tmp_path):
+    written = json.loads((dataset.data.parent / "ceiling.json").read_text())
+    assert set(written["splits"]) == {"val", "test"} and written["splits"]["test"]["images"] == 4
+    args = ["eval", "--data", str(dataset.data), "--images", str(dataset.images), "--random-baseline",
+            "--workers", "0", "--json", str(tmp_path / "r.json")]
+    assert cli(args) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ceiling (oracle)"))
+    assert f"{written['splits']['test']['rsum']:.1f}" in row and "—" in row
+    assert json.loads((tmp_path / "r.json").read_text())["ceiling"] == written["splits"]["test"]
+    assert cli([*args, "--split", "val"]) == 0 and f"{written['splits']['val']['rsum']:.1f}" in capsys.readouterr().out

@@ -34,9 +34,9 @@ CLASS_WORDS = {
     "bag": ("bag", "handbag"),
     "ankle boot": ("ankle boot", "boot"),
 }
-_ROW_WORDS = {0: ("along the top", "in the top row"), 1: ("along the bottom", "in the bottom row")}
-_COLUMN_WORDS = {0: ("on the left", "in the left column"), 1: ("on the right", "in the right column")}
-_SHORT_PLACES = {(0, 0): "top left", (0, 1): "top right", (1, 0): "bottom left", (1, 1): "bottom right"}
+ROW_WORDS = {0: ("along the top", "in the top row"), 1: ("along the bottom", "in the bottom row")}
+COLUMN_WORDS = {0: ("on the left", "in the left column"), 1: ("on the right", "in the right column")}
+SHORT_PLACES = {(0, 0): "top left", (0, 1): "top right", (1, 0): "bottom left", (1, 1): "bottom right"}
 
 Maker = Callable[[Scene, random.Random], str]
 
@@ -69,7 +69,7 @@ def _whole(scene: Scene, rng: random.Random) -> str:
     if len(garments) == 4 or rng.random() < 0.5:
         if rng.random() < 0.5:
             garments.sort(key=lambda g: (g.row, g.col))  # reading order, else the shuffled one
-        parts = [f"{_SHORT_PLACES[(g.row, g.col)]}: {article(_noun(g, rng))}" for g in garments]
+        parts = [f"{SHORT_PLACES[(g.row, g.col)]}: {article(_noun(g, rng))}" for g in garments]
         prefix = rng.choice(("", f"{count} items, ", f"{count} products, ")) if len(garments) < 4 else ""
         return prefix + ", ".join(parts)
     parts = [f"{article(_noun(g, rng))} {_place_words(g, rng)}" for g in garments]
@@ -116,5 +116,5 @@ def _line(scene: Scene, rng: random.Random) -> str:
     a, b = rng.choice(_lines(scene))
     pair = f"{article(_noun(a, rng))} and {article(_noun(b, rng))}"
     if a.row == b.row:
-        return f"from left to right {rng.choice(_ROW_WORDS[a.row])}: {pair}"
-    return f"from top to bottom {rng.choice(_COLUMN_WORDS[a.col])}: {pair}"
+        return f"from left to right {rng.choice(ROW_WORDS[a.row])}: {pair}"
+    return f"from top to bottom {rng.choice(COLUMN_WORDS[a.col])}: {pair}"

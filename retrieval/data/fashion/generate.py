@@ -1,8 +1,8 @@
 """`retrieval data fashion`: plan scenes of real Fashion-MNIST photos and their captions (one seeded RNG
 per scene and its twin), then draw and write them with the shared writer (retrieval.data.generated).
 
-Layout and guarantees are those of `retrieval data synth`: OUT/dataset.json + OUT/images/NNNNNN.png,
-val = test = min(1000, N // 10) images, byte-identical files per arguments, re-runs are no-ops. Half
+Layout and guarantees are those of `retrieval data synth`: OUT/dataset.json + OUT/images/NNNNNN.png
+(+ OUT/ceiling.json, the recall a label oracle reaches on val and test: what the captions allow), val = test = min(1000, N // 10) images, byte-identical files per arguments, re-runs are no-ops. Half
 of the scene groups come as twins: the same photos with two garments' places exchanged, in the same
 split, so that knowing which garments are in a picture is not enough to match its captions.
 """
@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from retrieval.data.fashion.captions import describe
+from retrieval.data.fashion.ceiling import write_ceiling
 from retrieval.data.fashion.scene import Scene, render, sample_scene, swap_places
 from retrieval.data.fashion.source import DEFAULT_SOURCE, Pool, load_part, pools
 from retrieval.data.generated import Planned, PlannedImage, karpathy_entries, plan_scenes, write_generated
@@ -41,15 +42,18 @@ def generate(
     out_dir: str | Path, n_images: int = 12000, seed: int = 0, size: int = 64,
     source: str | Path | None = None, workers: int = 2, overwrite: bool = False, progress: bool = True,
 ) -> Path:
-    """Write the dataset to `out_dir` (atomically: built next to it, then renamed); returns dataset.json.
+    """Write the dataset to `out_dir` (atomically: built next to it, then renamed) and its ceiling.json (the
+    label oracle's recall, `retrieval.data.fashion.ceiling`); returns dataset.json.
 
     `source` (default DEFAULT_SOURCE) holds the four IDX files. An existing dataset made with the same
     arguments is kept as is, without reading them.
     """
     source = Path(source or DEFAULT_SOURCE).resolve()
     params = {"version": FORMAT_VERSION, "images": n_images, "seed": seed, "size": size, "source": str(source)}
-    return write_generated(out_dir, DATASET_NAME, params, lambda: _planned(n_images, seed, size, source),
+    path = write_generated(out_dir, DATASET_NAME, params, lambda: _planned(n_images, seed, size, source),
                            workers=workers, overwrite=overwrite, progress=progress)
+    write_ceiling(path)
+    return path
 
 
 def _planned(n_images: int, seed: int, size: int, source: Path) -> Planned:
