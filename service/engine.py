@@ -2,7 +2,8 @@
 
 Created once (`load_engine`, synchronous: model + index + fingerprint check), started inside the app's
 lifespan (batchers and the snapshot task need the running event loop) and stopped at shutdown (pending
-index changes are written).
+index changes are written). The index is either backend (`retrieval.index.backend.open_index`); an index
+engine that cannot answer (a Milvus down or over its timeout) makes the request a 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi import HTTPException
 
 from retrieval.errors import UserError
 from retrieval.index import Hit, IndexDir
+from retrieval.index.backend import IndexUnavailable, ItemRejected, SearchIndex, open_index
 from retrieval.index.budget import format_bytes, parse_bytes
 from retrieval.store import Item, NewItem
 from service.batching import Batcher
@@ -43,7 +45,7 @@ class Upload:
 class Engine:
     """Encoder + index + batching for one app."""
 
-    def __init__(self, settings: Settings, encoder: Encoder, index: IndexDir) -> None:
+    def __init__(self, settings: Settings, encoder: Encoder, index: SearchIndex) -> None:
         self.settings = settings
         self.encoder = encoder
         self.index = index
@@ -63,6 +65,8 @@ class Engine:
         self._write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write",
                                               initializer=faiss.omp_set_num_threads, initargs=(1,))
         self._snapshots: asyncio.Task | None = None
+        # A remote index's sizes for /metrics, read again by the snapshot task (a scrape never waits on Milvus).
+        self._counts: dict[str, int] = {} if isinstance(index, IndexDir) else index.counts()
 
     def start(self, metrics: Metrics) -> None:
         """Start batchers and the snapshot task in the running event loop."""
@@ -78,7 +82,10 @@ class Engine:
 
         self.text_batcher = batcher("text", self.encoder.encode_texts)
         self.image_batcher = batcher("image", lambda pixels: self.encoder.encode_pixels(np.stack(pixels)))
-        metrics.track_index(self.index.counts)
+        if isinstance(self.index, IndexDir):
+            metrics.track_index(self.index.counts)
+        else:
+            metrics.track_index(lambda: self._counts)
         self._snapshots = asyncio.get_running_loop().create_task(self._snapshot_loop(), name="index-snapshots")
 
     async def stop(self) -> None:
@@ -97,17 +104,28 @@ class Engine:
 
     async def _on_index(self, fn, *args):
         """Run an index call in the index threads."""
-        return await asyncio.get_running_loop().run_in_executor(self._index_pool, fn, *args)
+        return await self._run(self._index_pool, fn, *args)
 
     async def _on_write(self, fn, *args):
         """Run an index write (add, delete, metadata change, image file) in the write thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._write_pool, fn, *args)
+        return await self._run(self._write_pool, fn, *args)
+
+    @staticmethod
+    async def _run(pool: ThreadPoolExecutor, fn, *args):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        except IndexUnavailable as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": "1"}) from None
+        except ItemRejected as err:
+            raise HTTPException(422, str(err)) from None
 
     async def _snapshot_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.snapshot_interval_s)
             try:  # a replica (read-only) follows the primary instead
                 await self._on_index(self.index.refresh if self.index.read_only else self.index.snapshot)
+                if not isinstance(self.index, IndexDir):
+                    self._counts = await self._on_index(self.index.counts)
             except Exception:  # a failed snapshot is retried next time; the store still has every item
                 log.exception("index snapshot failed")
 
@@ -161,9 +179,21 @@ class Engine:
     async def item_vector(self, item_id: int) -> np.ndarray:
         """A stored item's embedding (404 when there is no such item)."""
         try:
-            return (await self._on_index(self.index.store.embeddings_of, [item_id]))[0]
+            return (await self.vectors([item_id]))[0]
         except KeyError:
             raise HTTPException(404, f"no item with id {item_id}") from None
+
+    async def vectors(self, ids: list[int]) -> np.ndarray:
+        """Stored items' embeddings, (len(ids), D) (KeyError for an id that does not exist)."""
+        return await self._on_index(self.index.store.embeddings_of, ids)
+
+    async def get(self, item_id: int) -> Item | None:
+        """One stored item, or None."""
+        return await self._on_index(self.index.get, item_id)
+
+    async def info(self) -> dict:
+        """The index's part of `/v1/info`."""
+        return await self._on_index(self.index.info)
 
     async def add(self, items: list[NewItem]) -> list[int]:
         """Durably add items (store commit, then index)."""
@@ -217,7 +247,8 @@ def unit_vectors(embeddings: list[list[float]], dim: int) -> np.ndarray | None:
 def load_engine(settings: Settings) -> Engine:
     """Load the model and the index (refusing an index built by another model)."""
     encoder = make_encoder(settings)
-    index = IndexDir(settings.index_dir, mmap=settings.mmap, fingerprint=encoder.fingerprint)
+    index = open_index(settings.index_dir, mmap=settings.mmap, fingerprint=encoder.fingerprint,
+                       timeout_s=settings.milvus_timeout_s)
     budget = parse_bytes(settings.memory_budget)
     if budget is not None and index.resident_bytes() > budget:
         needed = index.resident_bytes()

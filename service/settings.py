@@ -41,6 +41,7 @@ class Settings:
     queue_size: int = 1024  # pending encode items before requests get 503 + Retry-After
     max_inflight: int = 64  # requests handled at once; more get 503 + Retry-After (probes are always served)
     snapshot_interval_s: float = 30.0  # how often pending index changes are written to the FAISS files
+    milvus_timeout_s: float = 10.0  # index.backend milvus: the longest one Milvus call may take (then 503)
 
     def __post_init__(self) -> None:
         self.index_dir = Path(self.index_dir)
@@ -52,8 +53,8 @@ class Settings:
                      "queue_size", "max_inflight"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"setting {name} must be at least 1, got {getattr(self, name)!r}")
-        if self.batch_max_wait_ms < 0 or self.snapshot_interval_s <= 0 or self.max_offset < 0:
-            raise UserError("batch_max_wait_ms and max_offset must be ≥ 0, and snapshot_interval_s > 0")
+        if self.batch_max_wait_ms < 0 or self.snapshot_interval_s <= 0 or self.max_offset < 0 or self.milvus_timeout_s <= 0:
+            raise UserError("batch_max_wait_ms and max_offset must be ≥ 0, snapshot_interval_s and milvus_timeout_s > 0")
         from retrieval.index.budget import parse_bytes
 
         parse_bytes(self.memory_budget)  # a bad size fails here, with the setting's value in the message

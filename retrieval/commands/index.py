@@ -3,7 +3,8 @@
 From a `retrieval embed` folder (`--embeddings DIR`), or straight from a model and a source
 (`--checkpoint CKPT --data ... | --image-dir ... | --text-file ...`; the embeddings then go to
 INDEX_DIR/embeddings, resumable). `auto` picks per collection size; ANN search parameters are tuned to
-reach --target-recall recall@10 against exact search.
+reach --target-recall recall@10 against exact search. `--backend milvus --milvus-uri URI` puts the items in a
+Milvus collection instead (INDEX_DIR then holds the manifest naming it; `retrieval serve` reads it from there).
 """
 
 from __future__ import annotations
@@ -41,7 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--pq-m", type=int, help="PQ sub-quantizers (must divide the dimension)")
     build.add_argument("--refine", choices=("SQ8", "Flat", "none"), help="IVF-PQ re-scoring vectors (default SQ8)")
     build.add_argument("--codes", help="ondisk code format: SQ8, SQ4, SQfp16, PQ<m>x8 (default: the best that fits)")
-    build.add_argument("--force", action="store_true", help="replace an existing index in --out")
+    build.add_argument("--force", action="store_true", help="replace an existing index in --out (and, with "
+                                                             "--backend milvus, an existing collection)")
+    build.add_argument("--backend", default="faiss", choices=("faiss", "milvus"),
+                       help="index.backend: faiss (files in --out, the default) or milvus (a Milvus collection)")
+    build.add_argument("--milvus-uri", help="backend milvus: a Milvus Lite file (PATH.db) or http://host:19530; "
+                                            "the token, if any, comes from MILVUS_TOKEN")
+    build.add_argument("--collection", help="backend milvus: the collection name (default retrieval)")
+    build.add_argument("--milvus-timeout-s", type=float, default=60.0,
+                       help="backend milvus: seconds one Milvus call may take (default 60)")
     add_source_arguments(build, require_checkpoint=False)  # embedding on the fly, instead of --embeddings
     return parser
 
@@ -53,6 +62,10 @@ def main(argv: list[str]) -> int:
         raise UserError("give --embeddings DIR, or --checkpoint with --data / --image-dir / --text-file")
     if not 0 < args.target_recall <= 1:
         raise UserError(f"--target-recall must be in (0, 1], got {args.target_recall}")
+    if (args.backend == "milvus") != (args.milvus_uri is not None):
+        raise UserError("--milvus-uri goes with --backend milvus, and --backend milvus needs --milvus-uri")
+    if args.collection is not None and args.backend != "milvus":
+        raise UserError("--collection goes with --backend milvus")
 
     from retrieval.embed import read_embeddings
     from retrieval.index import build_index
@@ -72,6 +85,19 @@ def main(argv: list[str]) -> int:
         )
         if value is not None or (key == "refine" and args.refine == "none")
     }
+    if args.backend == "milvus":
+        from retrieval.index.milvus_collection import build_milvus_index
+
+        manifest = build_milvus_index(
+            args.out, embedded, args.milvus_uri, args.collection, kind=args.kind, params=overrides,
+            model_info={"embed_dim": embedded.dim, "embeddings": str(Path(folder).resolve())}, force=args.force,
+            progress=True, timeout_s=args.milvus_timeout_s,
+        )
+        print(f"index {args.out}: model {manifest.fingerprint}, dim {manifest.dim}, Milvus collection "
+              f"{manifest.milvus['collection']} at {manifest.milvus['uri']}")
+        for modality, info in manifest.collections.items():
+            print(f"  {modality:5s} {info.count:>9d} items  {info.factory}")
+        return 0
     manifest = build_index(
         args.out,
         embedded,

@@ -8,7 +8,6 @@ deleted), so a kill -9 at any moment loses no acknowledged item and never leaves
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ import faiss
 import numpy as np
 
 from retrieval.errors import UserError
+from retrieval.index.backend import save_upload
 from retrieval.index.budget import kind_bytes
 from retrieval.index.collection import Collection
 from retrieval.index.factory import index_ids
@@ -241,12 +241,7 @@ class IndexDir:
 
     def save_image(self, data: bytes, suffix: str) -> str:
         """Keep uploaded image bytes under images/ (atomic, content-addressed); returns the item uri."""
-        folder = self.path / IMAGES
-        folder.mkdir(exist_ok=True)
-        name = f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
-        if not (folder / name).is_file():
-            atomic_write_bytes(folder / name, data)
-        return f"{IMAGES}/{name}"
+        return save_upload(self.path, data, suffix)
 
     def image_path(self, item: Item) -> Path | None:
         """The file behind an image item's uri (uploads live under images/; built items name their file)."""

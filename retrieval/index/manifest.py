@@ -46,6 +46,10 @@ class Manifest:
     metric: str = "inner_product"
     target_recall: float = 0.98
     model: dict[str, Any] = field(default_factory=dict)  # embed_dim, context_length, image size
+    # index.backend: "faiss" (the files in this folder; manifests older than the field are faiss) or "milvus"
+    # (vectors, captions, uris and metadata in a Milvus collection; see retrieval.index.milvus_backend).
+    backend: str = "faiss"
+    milvus: dict[str, Any] = field(default_factory=dict)  # milvus backend: {"uri", "collection"} (no token)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:

@@ -65,13 +65,12 @@ async def knn_service(request: Request, engine: Engine = Depends(get_engine)) ->
         vector = engine.query_vector(body.embedding_input)
     hits = await engine.search(vector, body.modality, body.num_images)
     if body.deduplicate and len(hits) > 1:
-        hits = _deduplicate(engine, hits)
+        hits = _deduplicate(await engine.vectors([h.item.id for h in hits]), hits)
     return [_result(request, engine, hit) for hit in hits]
 
 
-def _deduplicate(engine: Engine, hits: list[Hit]) -> list[Hit]:
-    """Keep each hit unless a better-ranked kept hit's embedding is within the duplicate threshold."""
-    vectors = engine.index.store.embeddings_of([h.item.id for h in hits])
+def _deduplicate(vectors: np.ndarray, hits: list[Hit]) -> list[Hit]:
+    """Keep each hit unless a better-ranked kept hit's embedding (row of `vectors`) is within the duplicate threshold."""
     kept: list[int] = []
     for n in range(len(hits)):
         if not kept or float(np.max(vectors[kept] @ vectors[n])) <= DEDUP_THRESHOLD:

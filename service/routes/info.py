@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1", tags=["info"], dependencies=[Depends(require_re
 async def info(engine: Engine = Depends(get_engine)) -> Info:
     """Model fingerprint, embedding dimension, index kinds and counts, request limits."""
     s = engine.settings
-    index = engine.index.info()
+    index = await engine.info()
     return Info(
         name=s.name,
         model=engine.encoder.fingerprint,

@@ -56,7 +56,7 @@ def _item(request: Request, item: Any) -> Item:
 
 
 async def _found(engine: Engine, item_id: int):
-    item = engine.index.get(item_id)
+    item = await engine.get(item_id)
     if item is None:
         raise HTTPException(404, f"no item with id {item_id}")
     return item
