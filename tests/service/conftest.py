@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_testing import build_test_index, make_settings, write_checkpoint
+from service_testing import build_milvus_test_index, build_test_index, make_settings, write_checkpoint
 
 from service.app import create_app
 
@@ -56,7 +56,23 @@ def module_index(built_index: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def client(module_index: Path, checkpoint: Path) -> Iterator[TestClient]:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The index backend `client` serves: faiss, unless a test is parametrised with `BOTH_BACKENDS`."""
+    return getattr(request, "param", "faiss")
+
+
+@pytest.fixture(scope="module")
+def served_index(backend: str, module_index: Path, built_index: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The index folder `client` serves: the module's FAISS copy, or a Milvus Lite collection of the same items (same
+    ids and vectors, so `module_index`'s store still tells what the right answers are)."""
+    if backend == "faiss":
+        return module_index
+    folder = tmp_path_factory.mktemp("milvus")
+    return build_milvus_test_index(folder / "synth", built_index, folder / "items.db")
+
+
+@pytest.fixture(scope="module")
+def client(served_index: Path, checkpoint: Path) -> Iterator[TestClient]:
     """The real app (lifespan run: model and index loaded) on a module-private index copy."""
-    with TestClient(create_app(make_settings(module_index, checkpoint))) as test_client:
+    with TestClient(create_app(make_settings(served_index, checkpoint))) as test_client:
         yield test_client

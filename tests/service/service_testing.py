@@ -10,11 +10,14 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
 import torch
 import uvicorn
 from PIL import Image
 
 API_KEY = "test-key-123"
+# Runs a test (and its module's `client`) once per index backend: the same API over FAISS and over Milvus Lite.
+BOTH_BACKENDS = pytest.mark.parametrize("backend", ["faiss", "milvus"], indirect=True, scope="module")
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 # A 1-layer ViT and text transformer: real open_clip towers, fast enough to load per test module.
 TINY_MODEL = [
@@ -46,6 +49,17 @@ def build_test_index(out: Path, checkpoint: Path, dataset: Path, kind: str = "fl
     embedded = embed_source(load_model(checkpoint), from_dataset(cfg_data, ["all"]), out.parent / f"{out.name}-emb",
                             batch_size=64, progress=False)
     build_index(out, read_embeddings(embedded), kind=kind)
+    return out
+
+
+def build_milvus_test_index(out: Path, built_index: Path, db: Path) -> Path:
+    """INDEX_DIR `out` over a fresh Milvus Lite collection (file `db`) of the same embeddings as `built_index` (a
+    `build_test_index` folder): the same items in the same order, so the same ids."""
+    from retrieval.embed import read_embeddings
+    from retrieval.index.milvus_collection import build_milvus_index
+
+    build_milvus_index(out, read_embeddings(built_index.parent / f"{built_index.name}-emb"), str(db), "items",
+                       kind="flat")
     return out
 
 

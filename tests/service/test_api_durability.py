@@ -67,6 +67,44 @@ def _stream(url: str, acked: dict[int, tuple[str, object]], stop: threading.Even
                 acked[response.json()["ids"][0]] = (kind, payload)
 
 
+def _check_acknowledged(url: str, acked: dict[int, tuple[str, object]]) -> None:
+    """Every item `_stream` saw acknowledged is there as sent, and a search for it finds it."""
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for item_id, (kind, payload) in acked.items():
+            item = http.get(f"/v1/items/{item_id}").json()
+            assert item["modality"] == kind, (item_id, item)
+            if kind == "text":
+                assert item["caption"] == payload
+                found = http.post("/v1/search", json={"text": payload, "target": "text", "k": 5}).json()
+            else:
+                assert http.get(f"/v1/items/{item_id}/image").content == payload
+                found = http.post("/v1/search/image", files={"file": ("q.png", payload, "image/png")},
+                                  data={"k": "5"}).json()
+            assert item_id in [r["id"] for r in found["results"]], (item_id, kind)
+
+
+def kill_9_mid_stream(index_dir: Path, checkpoint: Path, log: Path) -> None:
+    """Serve the index, kill -9 the server in the middle of a stream of adds, start it again and check that every
+    acknowledged item is there; the server is stopped gracefully at the end."""
+    process, url = _start(index_dir, checkpoint, log)
+    acked: dict[int, tuple[str, object]] = {}
+    stop = threading.Event()
+    writer = threading.Thread(target=_stream, args=(url, acked, stop))
+    writer.start()
+    wait_until(lambda: len(acked) >= 40, 120, "40 acknowledged adds")
+    os.kill(process.pid, signal.SIGKILL)  # mid-stream: requests (and snapshots) are in flight
+    process.wait(10)
+    stop.set()
+    writer.join(30)
+
+    process, url = _start(index_dir, checkpoint, log)
+    try:
+        _check_acknowledged(url, acked)
+    finally:
+        process.send_signal(signal.SIGTERM)  # graceful: writes the final snapshot
+        process.wait(60)
+
+
 def _bulk_stream(url: str, acked: dict[int, tuple[str, list[float]]], stop: threading.Event, seed: int) -> None:
     """Add 200 items with precomputed embeddings per request (images and texts mixed), recording every
     acknowledged id with its caption and embedding, until the server dies."""
@@ -134,35 +172,7 @@ def test_kill_9_right_after_bulk_embedding_adds_loses_no_acknowledged_item(index
 
 @pytest.mark.slow  # two server processes start (torch + model import): ~50 s on 2 busy cores
 def test_kill_9_during_adds_loses_no_acknowledged_item(index_dir, checkpoint, tmp_path):
-    log = tmp_path / "server.log"
-    process, url = _start(index_dir, checkpoint, log)
-    acked: dict[int, tuple[str, object]] = {}
-    stop = threading.Event()
-    writer = threading.Thread(target=_stream, args=(url, acked, stop))
-    writer.start()
-    wait_until(lambda: len(acked) >= 40, 120, "40 acknowledged adds")
-    os.kill(process.pid, signal.SIGKILL)  # mid-stream: requests (and snapshots) are in flight
-    process.wait(10)
-    stop.set()
-    writer.join(30)
-
-    process, url = _start(index_dir, checkpoint, log)
-    try:
-        with httpx.Client(base_url=url, timeout=30) as http:
-            for item_id, (kind, payload) in acked.items():
-                item = http.get(f"/v1/items/{item_id}").json()
-                assert item["modality"] == kind
-                if kind == "text":
-                    assert item["caption"] == payload
-                    found = http.post("/v1/search", json={"text": payload, "target": "text", "k": 5}).json()
-                else:
-                    assert http.get(f"/v1/items/{item_id}/image").content == payload
-                    found = http.post("/v1/search/image", files={"file": ("q.png", payload, "image/png")},
-                                      data={"k": "5"}).json()
-                assert item_id in [r["id"] for r in found["results"]], (item_id, kind)
-    finally:
-        process.send_signal(signal.SIGTERM)  # graceful: writes the final snapshot
-        process.wait(60)
+    kill_9_mid_stream(index_dir, checkpoint, tmp_path / "server.log")
 
     store = ItemStore(index_dir / "items.sqlite")
     assert store.integrity_ok()

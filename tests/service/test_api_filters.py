@@ -8,9 +8,11 @@ import json
 
 import numpy as np
 import pytest
-from service_testing import AUTH, png_bytes
+from service_testing import AUTH, BOTH_BACKENDS, png_bytes
 
 from retrieval.store import ItemStore
+
+pytestmark = BOTH_BACKENDS  # every test here, over FAISS and over Milvus Lite
 
 
 def _metadata(n: int) -> dict:

@@ -7,11 +7,12 @@ import json
 
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_testing import AUTH, make_settings, png_bytes
+from service_testing import AUTH, BOTH_BACKENDS, make_settings, png_bytes
 
 from service.app import create_app
 
 
+@BOTH_BACKENDS
 def test_added_texts_are_searchable_and_deletable(client):
     texts = ["zebra quartz violin", "marmalade orbit"]
     added = client.post("/v1/items", json={"texts": texts, "metadata": [{"n": 1}, {"n": 2}]}, headers=AUTH)
@@ -30,6 +31,7 @@ def test_added_texts_are_searchable_and_deletable(client):
     assert client.delete(f"/v1/items/{ids[0]}", headers=AUTH).status_code == 404
 
 
+@BOTH_BACKENDS
 def test_added_images_are_stored_served_and_found(client):
     blue, green = png_bytes((10, 10, 240), (40, 30)), png_bytes((10, 240, 10), (30, 40), "JPEG")
     added = client.post(
@@ -50,6 +52,7 @@ def test_added_images_are_stored_served_and_found(client):
     assert top["results"][0]["id"] == blue_id
 
 
+@BOTH_BACKENDS
 def test_counts_follow_adds_and_deletes(client):
     before = client.get("/v1/info").json()["indexes"]["text"]["count"]
     ids = client.post("/v1/items", json={"texts": ["one more"]}, headers=AUTH).json()["ids"]
@@ -92,6 +95,7 @@ def test_items_persist_across_restarts(index_dir, checkpoint):
         assert client.get(f"/v1/items/{removed[0]}").status_code == 404
 
 
+@BOTH_BACKENDS
 def test_listing_pages_through_items_in_id_order(client):
     everything = client.get("/v1/items", params={"modality": "image", "limit": 1000}).json()
     ids = [item["id"] for item in everything["items"]]
@@ -105,6 +109,7 @@ def test_listing_pages_through_items_in_id_order(client):
         assert client.get("/v1/items", params=bad).status_code == 422, bad
 
 
+@BOTH_BACKENDS
 def test_listing_filters_by_metadata(client):
     ids = client.post("/v1/items", json={"texts": ["listed one", "listed two", "listed three"],
                                           "metadata": [{"shelf": 1}, {"shelf": 2}, {"shelf": 3, "tags": ["x"]}]},
@@ -118,6 +123,7 @@ def test_listing_filters_by_metadata(client):
     assert client.get("/v1/items", params={"modality": "image", "filter": json.dumps({"tags": "x"})}).json()["total"] == 0
 
 
+@BOTH_BACKENDS
 def test_patch_merges_metadata_and_null_removes_a_key(client):
     item_id = client.post("/v1/items", json={"texts": ["patch me"], "metadata": [{"a": 1, "b": 2}]},
                           headers=AUTH).json()["ids"][0]
@@ -130,6 +136,7 @@ def test_patch_merges_metadata_and_null_removes_a_key(client):
     assert client.patch(f"/v1/items/{item_id}", json={}, headers=AUTH).status_code == 422
 
 
+@BOTH_BACKENDS
 def test_a_bulk_add_with_bad_items_lists_each_and_adds_none(client):
     before = client.get("/v1/items").json()["total"]
     texts = client.post("/v1/items", json={"texts": ["fine", " ", "also fine", ""]}, headers=AUTH)

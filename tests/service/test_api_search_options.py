@@ -7,9 +7,11 @@ import base64
 from pathlib import Path
 
 import numpy as np
-from service_testing import png_bytes
+from service_testing import BOTH_BACKENDS, png_bytes
 
 from retrieval.store import ItemStore
+
+pytestmark = BOTH_BACKENDS  # every test here, over FAISS and over Milvus Lite
 
 
 def _ids(response) -> list[int]:
