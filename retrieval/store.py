@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.errors import UserError
+from retrieval.json_rules import loads_stored
 
 MODALITIES = ("image", "text")
 # The largest id: SQLite's INTEGER ends at 2^63 − 1 (a larger one cannot even be bound); this is the largest
@@ -86,23 +87,27 @@ class Item:
 class ItemStore:
     """Items of one index directory in `items.sqlite`; thread-safe."""
 
-    def __init__(self, path: str | Path, dim: int | None = None, create: bool = False) -> None:
+    def __init__(self, path: str | Path, dim: int | None = None, create: bool = False, read_only: bool = False) -> None:
+        """`read_only`: a replica's view of a store another process writes; its connections are opened read-only
+        (SQLite's `mode=ro`), so it creates no table, fills no count and never checkpoints the primary's WAL."""
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise UserError(f"item store not found: {self.path} (build the index with `retrieval index build`)")
         self._write_lock, self._read_lock = threading.Lock(), threading.Lock()
-        self._writer = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._writer.execute("PRAGMA journal_mode=WAL")
-        self._writer.execute("PRAGMA synchronous=FULL")  # a COMMIT is on disk before we acknowledge
-        self._writer.executescript(_SCHEMA)
-        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._writer = self._connect(read_only)
+        if not read_only:
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute("PRAGMA synchronous=FULL")  # a COMMIT is on disk before we acknowledge
+            self._writer.executescript(_SCHEMA)
+        self._reader = self._connect(read_only)
         # Scans of a metadata field over every row (filters, `metadata_values`) take their own connection, so
         # the searches' item reads never wait the ~1 s such a scan of 100k rows takes.
         self._scan_lock = threading.Lock()
-        self._scanner = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._fill_counts()
+        self._scanner = self._connect(read_only)
+        if not read_only:
+            self._fill_counts()
         stored = self.get_info("dim")
-        if stored is None and dim is not None:
+        if stored is None and dim is not None and not read_only:
             self.set_info("dim", str(dim))
             stored = str(dim)
         if stored is None:
@@ -110,6 +115,10 @@ class ItemStore:
         self.dim = int(stored)
         if dim is not None and dim != self.dim:
             raise UserError(f"{self.path}: the store holds {self.dim}-d embeddings, not {dim}-d")
+
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        target, uri = (self.path.resolve().as_uri() + "?mode=ro", True) if read_only else (self.path, False)
+        return sqlite3.connect(target, check_same_thread=False, isolation_level=None, uri=uri)
 
     def _fill_counts(self) -> None:
         """Count the items once for a store written before `item_counts` existed (or a new, empty one)."""
@@ -274,12 +283,15 @@ class ItemStore:
         """(id, JSON type, value) of the metadata field at `keys` (nested), one row per element for lists.
 
         Types are SQLite's JSON type names (text, integer, real, true, false, null, array, object); a field
-        holding an object yields nothing. `keys` must be plain names (letters, digits, `_`, `-`)."""
+        holding an object yields nothing. `keys` must be plain names (letters, digits, `_`, `-`). Metadata that
+        SQLite cannot parse (NaN or Infinity written by older versions) is read as `{}`: it matches nothing,
+        and a filter never fails on it (the guard sits inside the JSON calls, whatever order they run in)."""
         path = "$" + "".join(f'."{key}"' for key in keys)
+        parsed = "CASE WHEN json_valid(items.metadata) THEN items.metadata ELSE '{}' END"
         with self._scan_lock:
             return self._scanner.execute(
-                "SELECT items.id, e.type, e.value FROM items, json_each(items.metadata, ?) AS e "
-                "WHERE items.modality = ? AND json_type(items.metadata, ?) != 'object'",
+                f"SELECT items.id, e.type, e.value FROM items, json_each({parsed}, ?) AS e "
+                f"WHERE items.modality = ? AND json_type({parsed}, ?) != 'object'",
                 (path, modality, path),
             ).fetchall()
 
@@ -344,6 +356,15 @@ class ItemStore:
         with self._read_lock:
             return int(self._reader.execute(f"SELECT COALESCE(SUM(n), 0) FROM item_counts {where}", args).fetchone()[0])
 
+    def absolute_uris(self, modality: str) -> list[str]:
+        """The distinct uris of `modality` that are absolute paths: what an index build stores (the API's uris
+        carry a scheme), so the image roots of an index built before they were recorded."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT DISTINCT uri FROM items WHERE modality = ? AND uri LIKE '/%'", (modality,)
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def uris(self, modality: str) -> dict[str, int]:
         """uri → id for one modality (maps dataset files to items, e.g. for evaluation through an index)."""
         with self._read_lock:
@@ -378,4 +399,4 @@ def _json(metadata: dict[str, Any]) -> str:
 
 def _item(row: tuple) -> Item:
     item_id, modality, caption, uri, metadata, created = row
-    return Item(int(item_id), modality, caption, uri, json.loads(metadata), created)
+    return Item(int(item_id), modality, caption, uri, loads_stored(metadata), created)

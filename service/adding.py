@@ -19,6 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from retrieval.index.image_files import ImageFiles
+from retrieval.json_rules import repaired_text, value_problem
 from retrieval.store import NewItem
 from service.deps import check_count
 from service.engine import Engine, Upload, unit_vector, unit_vectors
@@ -94,9 +96,19 @@ def _given_vectors(entries: list[NewItemBody], dim: int) -> list[np.ndarray | No
     return vectors
 
 
+def _check_uris(entries: list[NewItemBody], image_files: ImageFiles) -> None:
+    """InvalidItems listing every uri that names a file of the index folder (the item store, the manifest, …)."""
+    errors = [ItemError(field=f"items[{k}].uri", detail="names a file of the index folder; give the image's own "
+                                                       "location (a URL)")
+              for k, entry in enumerate(entries) if entry.uri and image_files.names_index_file(entry.uri)]
+    if errors:
+        raise InvalidItems(422, errors)
+
+
 async def _add_items(engine: Engine, entries: list[NewItemBody]) -> AddItemsResponse:
     """Items of the `items` form: given embeddings are checked like a search's (every bad one listed), the
     texts without one are encoded, then all are committed together."""
+    await run_in_threadpool(_check_uris, entries, engine.index.image_files)  # file-system look-ups: off the loop
     vectors = await run_in_threadpool(_given_vectors, entries, engine.index.dim)  # a bulk body: off the event loop
     truncated = [False] * len(entries)
     to_encode = [k for k, vector in enumerate(vectors) if vector is None]  # text items only (the model checked)
@@ -132,20 +144,36 @@ async def add_images(engine: Engine, form: Form) -> AddItemsResponse:
     items = []
     for k, (upload, vector) in enumerate(zip(uploads, vectors, strict=True)):
         uri = await engine.store_image(upload)
-        name = form.files[k][0]
-        meta = {"filename": name, **metadata[k]} if name else metadata[k]
-        items.append(NewItem("image", vector, captions[k] if captions else None, uri, meta))
+        items.append(NewItem("image", vector, captions[k] if captions else None, uri, _with_filename(form.files[k][0], metadata[k])))
     return AddItemsResponse(ids=await engine.add(items))
 
 
 def _metadata(value: Any, n: int) -> list[dict[str, Any]]:
-    """The `metadata` part: one JSON object for every file, or a JSON array of one object per file."""
+    """The `metadata` part: one JSON object for every file, or a JSON array of one object per file (each keeping
+    `retrieval.json_rules`)."""
     if isinstance(value, dict):
+        _check_metadata(value, "")
         return [dict(value) for _ in range(n)]
     if isinstance(value, list) and all(isinstance(v, dict) for v in value):
         if not value:  # an empty list: no metadata, as for JSON texts
             return [{} for _ in range(n)]
         if len(value) != n:
             raise HTTPException(422, f"metadata has {len(value)} objects for {n} files (give one per file, or one object)")
+        for k, meta in enumerate(value):
+            _check_metadata(meta, f"[{k}]")
         return value
     raise HTTPException(422, "metadata: give a JSON object (for every file) or an array of one object per file")
+
+
+def _with_filename(name: str | None, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The upload's file name goes into the metadata; a name that is not valid Unicode (undecodable bytes in the
+    header) is kept with U+FFFD in their place rather than refusing the image."""
+    if not name:
+        return metadata
+    return {"filename": repaired_text(name), **metadata}
+
+
+def _check_metadata(metadata: dict[str, Any], where: str) -> None:
+    problem = value_problem(metadata, where)
+    if problem:
+        raise HTTPException(422, f"metadata{'' if problem.startswith('[') else ': '}{problem}")

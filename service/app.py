@@ -30,7 +30,7 @@ from service.limits import AdmissionLimit, BodySizeLimit
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import clip_compat, embed, health, info, items, search, web
 from service.schemas import ItemError, Problem
-from service.search_schemas import NON_BLANK
+from service.search_schemas import METADATA_COMPONENTS, NON_BLANK
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     for module in (health, info, embed, search, items, clip_compat, web):
         app.include_router(module.router)
     web.mount_static(app)
-    openapi.install(app, components=items.COMPONENTS)
+    openapi.install(app, components={**items.COMPONENTS, **METADATA_COMPONENTS})
     _add_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AdmissionLimit, max_inflight=settings.max_inflight)  # before reading any body

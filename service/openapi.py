@@ -19,12 +19,15 @@ FALLBACK = {"minItems": 1}  # for a limit not known yet (the dimension, before t
 
 
 def fill_limits(node: Any, limits: dict[str, int | None]) -> None:
-    """Replace every `x-limit-KEYWORD: setting` marker in a schema by `KEYWORD: value` (in place)."""
+    """Replace every `x-limit-KEYWORD: setting` marker in a schema by `KEYWORD: value`, and every
+    `x-component: NAME` by a `$ref` to that component (in place)."""
     if isinstance(node, list):
         for child in node:
             fill_limits(child, limits)
     if not isinstance(node, dict):
         return
+    if "x-component" in node:
+        node["$ref"] = f"#/components/schemas/{node.pop('x-component')}"
     for key in [k for k in node if isinstance(k, str) and k.startswith(MARKER)]:
         keyword, value = key[len(MARKER):], limits.get(node.pop(key))
         if value is None:

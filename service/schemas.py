@@ -11,6 +11,7 @@ from service.search_schemas import (
     NON_BLANK,
     NOT_ZERO,
     Integer,
+    Metadata,
     NonBlank,
     Target,
     limit,
@@ -83,7 +84,7 @@ class NewItemBody(BaseModel):
                                     "`s3://…`); stored and returned, never fetched or served by this server")
     embedding: list[float] = optional(description=EMBEDDING_NOTE,
                                       json_schema_extra=limit("dim", "minItems") | limit("dim", "maxItems") | NOT_ZERO)
-    metadata: dict[str, Any] = optional(description="the item's metadata (a JSON object)")
+    metadata: Metadata = optional(description="the item's metadata (a JSON object)")
 
     @model_validator(mode="after")
     def _one_shape(self) -> NewItemBody:
@@ -116,7 +117,7 @@ class AddItemsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_json_forms)
     texts: list[NonBlank] = optional(min_length=1, description="texts to add (the short form)",
                                      json_schema_extra=limit("max_items_per_request", "maxItems"))
-    metadata: list[dict[str, Any]] = optional(description="with `texts`: one object per text, in the same order (as "
+    metadata: list[Metadata] = optional(description="with `texts`: one object per text, in the same order (as "
                                                           "many as texts; an empty list is the same as none)",
                                               json_schema_extra=limit("max_items_per_request", "maxItems"))
     items: list[NewItemBody] = optional(
@@ -143,7 +144,7 @@ class MetadataPatch(BaseModel):
     """Metadata changes: each key is set to its value, or removed when the value is null."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    metadata: dict[str, Any] = Field(examples=[{"album": "holidays", "draft": None}])
+    metadata: Metadata = Field(examples=[{"album": "holidays", "draft": None}])
 
 
 class Item(BaseModel):

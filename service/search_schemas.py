@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from retrieval.index.filters import FILTER_SCHEMA, FilterError, check_filter
+from retrieval.json_rules import MAX_DEPTH, NUMBER_RULE, NUMBER_SCHEMA, value_problem
 from retrieval.store import MAX_ID
 
 Target = Literal["image", "text"]
@@ -58,7 +59,28 @@ def _integral(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def _checked_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    problem = value_problem(metadata)
+    if problem:
+        raise ValueError(problem)
+    return metadata
+
+
+# A metadata value, recursively: the component `service.openapi` serves, so the schema states the number rule
+# at every depth (the depth limit and valid Unicode are said in words: JSON Schema cannot say them). The
+# reference is a marker that `service.openapi` turns into a `$ref` (pydantic resolves `$ref`s it did not make).
+_VALUE_REF = {"x-component": "MetadataValue"}
+METADATA_COMPONENTS: dict[str, Any] = {"MetadataValue": {"anyOf": [
+    {"type": "string"}, NUMBER_SCHEMA, {"type": "boolean"}, {"type": "null"},
+    {"type": "array", "items": _VALUE_REF}, {"type": "object", "additionalProperties": _VALUE_REF},
+]}}
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": _VALUE_REF,
+    "description": f"a JSON object; at any depth (at most {MAX_DEPTH} levels), {NUMBER_RULE}, and strings and keys "
+                   "are valid Unicode",
+}
 Integer = Annotated[int, BeforeValidator(_integral)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_checked_metadata), WithJsonSchema(METADATA_SCHEMA)]
 Filter = Annotated[dict[str, Any], AfterValidator(_checked_filter), WithJsonSchema(FILTER_SCHEMA)]
 NonBlank = Annotated[str, Field(min_length=1, pattern=NON_BLANK)]
 IMAGE_BASE64 = {"format": "byte", "contentMediaType": "image/*"}  # base64 (OpenAPI's "byte") of an image file

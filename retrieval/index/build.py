@@ -27,6 +27,7 @@ from retrieval.index.factory import (
     new_index,
     train_and_add,
 )
+from retrieval.index.image_files import roots_of
 from retrieval.index.io import fsync_dir, write_index
 from retrieval.index.manifest import IMAGES, MANIFEST, STORE, CollectionInfo, Manifest, write_manifest
 from retrieval.index.tune import TARGET_RECALL, make_probe, tune
@@ -144,6 +145,7 @@ def _build(stage: Path, embedded: Embedded, vectors: dict[str, np.ndarray], kind
         collections=collections,
         target_recall=target_recall,
         model=dict(model_info or {}),
+        image_roots=roots_of(entry.uri for entry in embedded.images),
     )
 
 

@@ -70,6 +70,8 @@ class Collection:
             sel, _bits = bitmap_selector(allowed)
             return self.index.search(queries, k, params=faiss.SearchParameters(sel=sel))
         positions = self._positions(allowed)
+        if not len(positions):  # nothing allowed is held (an empty index, or no match): no storage to score
+            return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
         if len(positions) <= EXACT_MAX_MATCHES:
             return self._exhaustive(queries, k, allowed, positions)
         scores, ids = self._widened(queries, k, allowed, positions)

@@ -5,8 +5,10 @@ objects (`camera.make`). A condition is an equality (a string, number or boolean
 `in` (equal to any of a list) and the range bounds `gte`, `gt`, `lte`, `lt` (numbers compare as numbers,
 strings as strings, so ISO-8601 dates order correctly). A stored list matches when any of its elements does;
 a value of another type than the condition's never matches (`"2020"` is not `2020`, `true` is not `1`), so
-range bounds of mixed types match nothing. `FILTER_SCHEMA` states exactly these rules as JSON Schema (the
-service's OpenAPI schema uses it), and `check_filter` enforces them.
+range bounds of mixed types match nothing. Numbers follow `retrieval.json_rules` (finite, within ±(2^53 − 1)),
+in filters and in the stored values they are compared with: a stored value that breaks the rule (written by an
+older version) matches nothing. `FILTER_SCHEMA` states exactly these rules as JSON Schema (the service's
+OpenAPI schema uses it), and `check_filter` enforces them.
 
 Evaluation is columnar, so a filtered search costs look-ups, not a scan of every row's JSON: the first filter on
 a field loads that field's values for one modality from the store (one SQL pass) into sorted arrays, which
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.json_rules import NUMBER_RULE, NUMBER_SCHEMA, finite_number, is_safe_number
 from retrieval.store import ItemStore
 
 FIELD = r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}"
@@ -32,8 +35,8 @@ OPERATORS = ("in", *RANGE_OPS)
 MAX_FIELDS = 32
 MAX_IN_VALUES = 1000
 
-_SCALAR = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
-_BOUND = {"anyOf": [{"type": "string"}, {"type": "number"}]}
+_SCALAR = {"anyOf": [{"type": "string"}, NUMBER_SCHEMA, {"type": "boolean"}]}
+_BOUND = {"anyOf": [{"type": "string"}, NUMBER_SCHEMA]}
 FILTER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "metadata conditions, ANDed: a field equals a value, or an operator object "
@@ -77,8 +80,9 @@ class Column:
 
     @classmethod
     def from_rows(cls, rows: list[tuple[int, str, Any]]) -> Column:
-        """(id, SQLite JSON type, value) rows → sorted arrays (other types — null, nested — are dropped)."""
-        numbers = [(float(v), i) for i, kind, v in rows if kind in ("integer", "real")]
+        """(id, SQLite JSON type, value) rows → sorted arrays (other types — null, nested — and numbers that break
+        `json_rules` are dropped: they match no condition)."""
+        numbers = [(x, i) for i, kind, v in rows if kind in ("integer", "real") and (x := finite_number(v)) is not None]
         strings = [(v, i) for i, kind, v in rows if kind == "text"]
         numbers.sort()
         strings.sort()
@@ -147,7 +151,8 @@ def field_rows(item_id: int, metadata: dict[str, Any], field: str) -> list[tuple
         if isinstance(element, bool):
             rows.append((item_id, "true" if element else "false", int(element)))
         elif isinstance(element, int | float):
-            rows.append((item_id, "real", float(element)))
+            if (number := finite_number(element)) is not None:
+                rows.append((item_id, "real", number))
         elif isinstance(element, str):
             rows.append((item_id, "text", element))
     return rows
@@ -163,7 +168,8 @@ def check_filter(spec: dict[str, Any]) -> dict[str, Any]:
         if isinstance(condition, dict):
             _check_operators(field, condition)
         elif not _is_scalar(condition):
-            raise FilterError(f"filter.{field}: give a string, number or boolean, or an operator object")
+            raise FilterError(f"filter.{field}: give a string, number or boolean, or an operator object"
+                              f"{_number_note(condition)}")
     return spec
 
 
@@ -174,18 +180,22 @@ def _check_operators(field: str, condition: dict[str, Any]) -> None:
     if "in" in condition:
         values = condition["in"]
         if not isinstance(values, list) or not 1 <= len(values) <= MAX_IN_VALUES or not all(map(_is_scalar, values)):
-            raise FilterError(f"filter.{field}.in: a list of 1 to {MAX_IN_VALUES} strings, numbers or booleans")
+            note = next((_number_note(v) for v in values if not _is_scalar(v)), "") if isinstance(values, list) else ""
+            raise FilterError(f"filter.{field}.in: a list of 1 to {MAX_IN_VALUES} strings, numbers or booleans{note}")
     for op in RANGE_OPS:
-        if op in condition and not (isinstance(condition[op], str) or _is_number(condition[op])):
-            raise FilterError(f"filter.{field}.{op}: a number, or a string such as an ISO date")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+        if op in condition and not (isinstance(condition[op], str) or is_safe_number(condition[op])):
+            raise FilterError(f"filter.{field}.{op}: a number, or a string such as an ISO date"
+                              f"{_number_note(condition[op])}")
 
 
 def _is_scalar(value: Any) -> bool:
-    return isinstance(value, str | bool) or _is_number(value)
+    return isinstance(value, str | bool) or is_safe_number(value)
+
+
+def _number_note(value: Any) -> str:
+    """Why a number was refused (empty for other values)."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return f" ({NUMBER_RULE})" if is_number else ""
 
 
 class MetadataFilter:

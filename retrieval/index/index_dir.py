@@ -24,6 +24,7 @@ from retrieval.index.budget import kind_bytes
 from retrieval.index.collection import Collection
 from retrieval.index.factory import index_ids
 from retrieval.index.filters import MetadataFilter
+from retrieval.index.image_files import ImageFiles, roots_of
 from retrieval.index.io import atomic_write_bytes, read_index, remove_stale_temps, serialize
 from retrieval.index.manifest import IMAGES, STORE, CollectionInfo, Manifest, read_manifest, write_manifest
 from retrieval.index.ondisk import (
@@ -71,9 +72,13 @@ class IndexDir:
         self._snapshot_lock = threading.Lock()
         self._writes = threading.Lock()  # store commit + index update in commit order (ondisk watermarks rely on it)
         self._dirty = False
-        for stale in remove_stale_temps(self.path) + remove_stale_temps(self.path / IMAGES):
-            log.info("removed an unfinished temp file: %s", stale)
-        self.store = ItemStore(self.path / STORE, dim=self.manifest.dim)
+        if not mmap:  # a replica never writes: a `.tmp` file may be the primary's write in progress
+            for stale in remove_stale_temps(self.path) + remove_stale_temps(self.path / IMAGES):
+                log.info("removed an unfinished temp file: %s", stale)
+        self.store = ItemStore(self.path / STORE, dim=self.manifest.dim, read_only=mmap)
+        self.image_files = ImageFiles(self.path, self.manifest.image_roots)
+        if self.manifest.image_roots is None:  # built before the roots were recorded: the build's own items
+            self.image_files.roots = roots_of(self.store.absolute_uris("image"))
         self.collections = {m: self._open(m, mmap) for m in MODALITIES}
         self._counts = {m: self.store.count(m) for m in MODALITIES}
         self.filters = MetadataFilter(self.store)
@@ -100,12 +105,12 @@ class IndexDir:
         if not in_sync:
             changes = collection.reconcile(store_ids, self.store.embeddings_of)
             log.info("%s index reconciled with the store: %s", modality, changes)
+            if mmap:  # a replica: in memory only, the primary writes the snapshot
+                return collection
             self._write_snapshot(modality, serialize(collection.index))
             info.count = len(store_ids)
             self.manifest.updated = utc_now()
             write_manifest(self.path, self.manifest)
-            if mmap:
-                collection = Collection(modality, read_index(path, mmap=True), info.kind, info.search_params)
         return collection
 
     def _open_ondisk(self, modality: str, info: CollectionInfo) -> DiskCollection:
@@ -122,13 +127,16 @@ class IndexDir:
         return collection
 
     def _replay(self, collection: DiskCollection) -> None:
-        """Bring an ondisk collection up to the store: rows above `seen_id`, deletions after `seen_deletion`."""
-        newest = self.store.last_id()
+        """Bring an ondisk collection up to the store: rows above `seen_id`, deletions after `seen_deletion`.
+
+        The deletions are read after the rows, so a row deleted in between was added and must be tombstoned: the
+        deletions are cut at the new watermark `newest`, not the old one (ids above it were never added)."""
+        newest = max(collection.seen_id, self.store.last_id())
         for ids, vectors in self.store.iter_embeddings(collection.modality, after=collection.seen_id):
-            collection.add(vectors, ids[ids <= newest])
+            collection.add(vectors[ids <= newest], ids[ids <= newest])
+        collection.seen_id = newest
         dead, collection.seen_deletion = self.store.deletions_since(collection.modality, collection.seen_deletion)
-        collection.remove(dead[dead <= collection.seen_id])
-        collection.seen_id = max(collection.seen_id, newest)
+        collection.remove(dead[dead <= newest])
 
     def refresh(self) -> None:
         """Read-only replicas: follow the primary's writes (new rows and deletions in the shared store) and
@@ -244,15 +252,8 @@ class IndexDir:
         return save_upload(self.path, data, suffix)
 
     def image_path(self, item: Item) -> Path | None:
-        """The file behind an image item's uri (uploads live under images/; built items name their file)."""
-        if item.modality != "image" or not item.uri:
-            return None
-        path = Path(item.uri)
-        if not path.is_absolute():
-            path = (self.path / path).resolve()
-            if self.path.resolve() not in path.parents:
-                return None
-        return path if path.is_file() else None
+        """The image file this index may serve for an item (see `ImageFiles`), or None: an external uri."""
+        return self.image_files.path(item.uri) if item.modality == "image" else None
 
     def snapshot(self, force: bool = False) -> bool:
         """Write the FAISS files and manifest if anything changed since the last snapshot."""

@@ -50,6 +50,9 @@ class Manifest:
     # (vectors, captions, uris and metadata in a Milvus collection; see retrieval.index.milvus_backend).
     backend: str = "faiss"
     milvus: dict[str, Any] = field(default_factory=dict)  # milvus backend: {"uri", "collection"} (no token)
+    # Folders the build's images came from: GET /v1/items/{id}/image serves files under these (and uploads under
+    # images/) only (`retrieval.index.image_files`). None: a manifest written before they were recorded.
+    image_roots: list[str] | None = None
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:

@@ -125,9 +125,13 @@ async def update_item(
             responses={200: {"content": {"image/*": {}}, "description": "the image file"},
                        **error_responses(401, 404, 422, 503)})
 async def item_image(item_id: ItemId, engine: Engine = Depends(get_engine)) -> FileResponse:
-    """The image file of an image item (thumbnails for the web page)."""
+    """The image file of an image item (thumbnails for the web page): only an image uploaded to this server or
+    one under the folders its index was built from; any other uri is external (see the item's `uri`)."""
     item = await _found(engine, item_id)
     path = engine.index.image_path(item)
+    if path is None and item.modality == "image" and item.uri:
+        raise HTTPException(404, f"item {item_id}'s image is external: this server serves only images it stored or "
+                                 f"that its index was built from; the item's uri is in GET /v1/items/{item_id}")
     if path is None:
         raise HTTPException(404, f"item {item_id} has no image file")
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
