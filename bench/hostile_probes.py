@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,18 @@ def _deep(levels: int) -> bytes:
 
 def probes(index: Path, dim: int) -> list[tuple[str, str, str, dict[str, Any]]]:
     """(name, method, path, requests keyword arguments); `auth` in the kwargs marks a write with the key."""
-    vector = json.dumps([0.1] * dim)
-    search = lambda filt: {"data": b'{"text": "a red circle", "filter": ' + filt + b"}", "headers": JSON}  # noqa: E731
-    add_meta = lambda meta: {"data": b'{"texts": ["hostile"], "metadata": [' + meta + b"]}", "headers": JSON,  # noqa: E731
-                             "auth": True}
-    add_uri = lambda uri: {"data": ('{"items": [{"modality": "image", "uri": %s, "embedding": %s}]}'  # noqa: E731
-                                    % (json.dumps(uri), vector)).encode(), "headers": JSON, "auth": True}
+    vector = [0.1] * dim
+
+    def search(filt: bytes) -> dict[str, Any]:
+        return {"data": b'{"text": "a red circle", "filter": ' + filt + b"}", "headers": JSON}
+
+    def add_meta(meta: bytes) -> dict[str, Any]:
+        return {"data": b'{"texts": ["hostile"], "metadata": [' + meta + b"]}", "headers": JSON, "auth": True}
+
+    def add_uri(uri: str) -> dict[str, Any]:
+        body = {"items": [{"modality": "image", "uri": uri, "embedding": vector}]}
+        return {"data": json.dumps(body).encode(), "headers": JSON, "auth": True}
+
     return [
         ("filter: integer 10^23", "POST", "/v1/search", search(b'{"year": 100000000000000000000000}')),
         ("filter: gte 10^23", "POST", "/v1/search", search(b'{"year": {"gte": 100000000000000000000000}}')),
@@ -81,8 +88,22 @@ def probes(index: Path, dim: int) -> list[tuple[str, str, str, dict[str, Any]]]:
     ]
 
 
+def wait_ready(session: requests.Session, url: str, timeout_s: float = 180.0) -> None:
+    """Until the server answers /readyz with 200 (it loads the model and index first)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if session.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} did not become ready within {timeout_s:.0f} s")
+
+
 def run(url: str, key: str, index: Path) -> dict[str, Any]:
     session = requests.Session()
+    wait_ready(session, url)
     info = session.get(f"{url}/v1/info", timeout=30).json()
     total = lambda: session.get(f"{url}/v1/items", params={"limit": 1}, timeout=30).json()["total"]  # noqa: E731
     before = total()

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.json_rules import NUMBER_RULE, NUMBER_SCHEMA, finite_number, is_safe_number
+from retrieval.json_rules import NUMBER_RULE, NUMBER_SCHEMA, finite_number, is_safe_number, is_valid_text
 from retrieval.store import ItemStore
 
 FIELD = r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}"
@@ -169,7 +169,7 @@ def check_filter(spec: dict[str, Any]) -> dict[str, Any]:
             _check_operators(field, condition)
         elif not _is_scalar(condition):
             raise FilterError(f"filter.{field}: give a string, number or boolean, or an operator object"
-                              f"{_number_note(condition)}")
+                              f"{_why_refused(condition)}")
     return spec
 
 
@@ -180,20 +180,22 @@ def _check_operators(field: str, condition: dict[str, Any]) -> None:
     if "in" in condition:
         values = condition["in"]
         if not isinstance(values, list) or not 1 <= len(values) <= MAX_IN_VALUES or not all(map(_is_scalar, values)):
-            note = next((_number_note(v) for v in values if not _is_scalar(v)), "") if isinstance(values, list) else ""
+            note = next((_why_refused(v) for v in values if not _is_scalar(v)), "") if isinstance(values, list) else ""
             raise FilterError(f"filter.{field}.in: a list of 1 to {MAX_IN_VALUES} strings, numbers or booleans{note}")
     for op in RANGE_OPS:
-        if op in condition and not (isinstance(condition[op], str) or is_safe_number(condition[op])):
+        if op in condition and not (_is_scalar(condition[op]) and not isinstance(condition[op], bool)):
             raise FilterError(f"filter.{field}.{op}: a number, or a string such as an ISO date"
-                              f"{_number_note(condition[op])}")
+                              f"{_why_refused(condition[op])}")
 
 
 def _is_scalar(value: Any) -> bool:
-    return isinstance(value, str | bool) or is_safe_number(value)
+    return isinstance(value, bool) or (isinstance(value, str) and is_valid_text(value)) or is_safe_number(value)
 
 
-def _number_note(value: Any) -> str:
-    """Why a number was refused (empty for other values)."""
+def _why_refused(value: Any) -> str:
+    """Why a number or a string was refused (empty for other values)."""
+    if isinstance(value, str):
+        return " (strings must be valid Unicode: no lone surrogates)"
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     return f" ({NUMBER_RULE})" if is_number else ""
 

@@ -106,6 +106,14 @@ def test_a_filter_number_outside_the_rule_is_a_422_naming_the_field(app_client, 
     assert "filter.year" in listing.json()["detail"]
 
 
+@pytest.mark.parametrize("spec", [b'{"c": "\\ud800"}', b'{"c": {"in": ["a", "\\udfff"]}}', b'{"c": {"lt": "\\udc00z"}}'])
+def test_a_filter_string_that_is_not_unicode_is_a_422(app_client, spec):
+    """No backend can compare it (Milvus cannot even receive it as UTF-8), and nothing stored can equal it."""
+    search = app_client.post("/v1/search", content=b'{"text": "red", "filter": ' + spec + b"}", headers=JSON)
+    assert search.status_code == 422, search.text
+    assert "filter.c" in search.json()["detail"] and "Unicode" in search.json()["detail"]
+
+
 def test_numbers_at_the_edge_of_the_rule_filter_exactly(app_client):
     body = {"items": [{"text": "edge one", "metadata": {"edge": MAX_SAFE_INTEGER}},
                       {"text": "edge two", "metadata": {"edge": -MAX_SAFE_INTEGER}},
