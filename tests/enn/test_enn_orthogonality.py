@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import enn
-from enn.orthogonality import _GramPenalty
+from enn.orthogonality import _GramPenalty, gram_penalty
+from enn.orthonormal import gram
 
 
 def _model(ortho: str) -> nn.Module:
@@ -137,3 +138,21 @@ def test_exact_bases_are_orthonormal_to_float32_precision_at_product_sizes() -> 
     with torch.no_grad():
         w.Q_raw.add_(0.05 * torch.randn_like(w.Q_raw))  # far from orthonormal, like after training
     assert enn.orthogonality_error(layer) < 5e-6
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (2, 700, 300), (1152, 129)])
+def test_blockwise_gram_equals_the_full_product(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(6)
+    a = torch.randn(*shape)
+    torch.testing.assert_close(gram(a), a.mT @ a, rtol=1e-5, atol=1e-4)
+
+
+def test_penalty_gradient_at_a_blockwise_gram_size_matches_autograd() -> None:
+    torch.manual_seed(7)
+    a = (torch.linalg.qr(torch.randn(2, 400, 300))[0] + 0.01 * torch.randn(2, 400, 300)).requires_grad_(True)
+    gram_penalty(a).backward()
+    b = a.detach().clone().requires_grad_(True)
+    want = ((b.mT @ b - torch.eye(300)) ** 2).sum()
+    want.backward()
+    torch.testing.assert_close(gram_penalty(a.detach()), want.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
