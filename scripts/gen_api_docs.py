@@ -30,7 +30,9 @@ key only when the server runs with `--auth-reads`. **Errors** are JSON `{"detail
 message saying what to fix, and for invalid requests one entry per bad field or item (`texts[2]`, `files[0]`,
 `queries[1].k`). 4xx for bad input (422 for invalid fields, wrong-dimension or non-finite embeddings, k out of
 range; 413 for bodies or images over the limits; 415 for files that are not images), 503 (with `Retry-After`)
-while loading or when the encode queue is full; never a 500 for anything a client sends. The served schema
+while loading, when the encode queue is full, or when the index engine (Milvus, for an index built with
+`--backend milvus`) is down or slower than the server's `--milvus-timeout-s`; never a 500 for anything a client
+sends. The API is the same whichever index backend the server's index folder names. The served schema
 (`/openapi.json`) states the rules the server enforces, with this server's limits (max_k, the embedding
 dimension, …) filled in; limits are also listed by `GET /v1/info`.
 

@@ -47,7 +47,8 @@ _MEANING = {
     413: "Body or image over the size limits",
     415: "Unsupported content type or image format",
     422: "Invalid fields: see `detail` and `errors`",
-    503: "Loading, shutting down, or the encode queue is full: retry after `Retry-After` seconds",
+    503: "Loading, shutting down, the encode queue is full, or the Milvus index is unavailable: retry after "
+         "`Retry-After` seconds",
     507: "The server's disk is full: nothing was stored; retry after `Retry-After` seconds",
 }
 

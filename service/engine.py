@@ -248,7 +248,7 @@ def load_engine(settings: Settings) -> Engine:
     """Load the model and the index (refusing an index built by another model)."""
     encoder = make_encoder(settings)
     index = open_index(settings.index_dir, mmap=settings.mmap, fingerprint=encoder.fingerprint,
-                       timeout_s=settings.milvus_timeout_s)
+                       timeout_s=settings.milvus_timeout_s, milvus_uri=settings.milvus_uri)
     budget = parse_bytes(settings.memory_budget)
     if budget is not None and index.resident_bytes() > budget:
         needed = index.resident_bytes()

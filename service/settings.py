@@ -42,6 +42,7 @@ class Settings:
     max_inflight: int = 64  # requests handled at once; more get 503 + Retry-After (probes are always served)
     snapshot_interval_s: float = 30.0  # how often pending index changes are written to the FAISS files
     milvus_timeout_s: float = 10.0  # index.backend milvus: the longest one Milvus call may take (then 503)
+    milvus_uri: str | None = None  # index.backend milvus: reach Milvus here instead of the manifest's URI
 
     def __post_init__(self) -> None:
         self.index_dir = Path(self.index_dir)

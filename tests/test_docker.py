@@ -144,3 +144,19 @@ def test_compose_serves_a_mounted_index_and_checkpoint():
         targets = {re.sub(r"\$\{[^}]*\}", "HOST", volume).split(":")[1] for volume in service["volumes"]}
         assert {env["RETRIEVAL_INDEX_DIR"], env["RETRIEVAL_CHECKPOINT"]} <= targets
         assert all(port.endswith(":8000") for port in service["ports"])
+
+
+def test_milvus_compose_runs_two_replicas_over_one_milvus_behind_nginx():
+    compose = yaml.safe_load((ROOT / "docker" / "compose.milvus.yaml").read_text())
+    services = compose["services"]
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    replicas = [name for name, service in services.items() if "RETRIEVAL_INDEX_DIR" in service.get("environment", {})]
+    assert len(replicas) == 2 and "milvus" in services and "nginx" in services
+    for name in replicas:
+        env = services[name]["environment"]
+        assert env["RETRIEVAL_MILVUS_URI"] == "http://milvus:19530" and "MILVUS_TOKEN" in env
+        assert all(k.removeprefix(ENV_PREFIX).lower() in fields for k in env if k.startswith(ENV_PREFIX)), name
+        assert services[name]["depends_on"]["milvus"]["condition"] == "service_healthy"
+    conf_volume = services["nginx"]["volumes"][0].split(":")[0]
+    conf = (ROOT / "docker" / conf_volume).read_text()
+    assert all(f"server {name}:8000" in conf for name in replicas)

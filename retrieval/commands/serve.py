@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-max-wait-ms", type=float)
     parser.add_argument("--queue-size", type=int)
     parser.add_argument("--snapshot-interval-s", type=float)
+    parser.add_argument("--milvus-uri", help="index backend milvus: reach Milvus at this URI instead of the one the "
+                                            "manifest records (e.g. its address inside a compose network)")
     parser.add_argument("--milvus-timeout-s", type=float,
                         help="index backend milvus: seconds one Milvus call may take before a request gets 503 (default 10)")
     parser.add_argument("--access-log", action="store_true", help="log every request")

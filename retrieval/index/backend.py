@@ -92,15 +92,18 @@ class SearchIndex(Protocol):
 
 
 def open_index(path: str | Path, mmap: bool = False, fingerprint: str | None = None,
-               timeout_s: float | None = None) -> SearchIndex:
+               timeout_s: float | None = None, milvus_uri: str | None = None) -> SearchIndex:
     """Open INDEX_DIR with the backend its manifest names; `fingerprint`: refuse an index of another model;
-    `timeout_s`: the longest a Milvus call may take before the service answers 503."""
+    `timeout_s`: the longest a Milvus call may take before the service answers 503; `milvus_uri`: where to reach
+    Milvus when not at the URI the build recorded (another network's address for the same server)."""
     manifest = read_manifest(path)
     if manifest.backend not in BACKENDS:
         raise UserError(f"{path}: index backend {manifest.backend!r} is not one of {', '.join(BACKENDS)}")
     if manifest.backend == "milvus":
         from retrieval.index.milvus_backend import MilvusIndex
 
+        if milvus_uri:
+            manifest.milvus["uri"] = milvus_uri
         return MilvusIndex(path, manifest, mmap=mmap, fingerprint=fingerprint, timeout_s=timeout_s)
     from retrieval.index.index_dir import IndexDir
 
