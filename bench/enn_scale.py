@@ -73,18 +73,20 @@ def crossover_batch(extra_ms: float, plain_fit: tuple[float, float], threshold: 
     return max(0.0, (extra_ms / threshold - q) / p)
 
 
-def cost_model(points: list[dict[str, Any]], modes: Sequence[str], threshold: float) -> dict[str, Any]:
-    """Fit the extra-time and plain-time lines over the measured points; crossover batch per width and mode."""
-    out: dict[str, Any] = {"threshold": threshold, "extra": {}, "plain": {}, "crossover_batch": {}}
+def cost_model(points: list[dict[str, Any]], modes: Sequence[str], threshold: float, clock: str = "wall") -> dict[str, Any]:
+    """Fit the extra-time and plain-time lines over the measured points (`clock`: wall or process CPU time);
+    crossover batch per width and mode."""
+    key = f"{clock}_ms"
+    out: dict[str, Any] = {"threshold": threshold, "clock": clock, "extra": {}, "plain": {}, "crossover_batch": {}}
     widths = sorted({pt["width"] for pt in points})
     for k in widths:
         rows = [pt for pt in points if pt["width"] == k]
         out["plain"][k] = dict(zip(("ms_per_sample", "ms_fixed"),
-                                   fit_line([r["batch"] for r in rows], [r["steps"]["plain"]["wall_ms"] for r in rows]),
+                                   fit_line([r["batch"] for r in rows], [r["steps"]["plain"][key] for r in rows]),
                                    strict=True))
     for mode in modes:
         xs = [pt["mnr"] for pt in points]
-        ys = [pt["steps"][mode]["wall_ms"] - pt["steps"]["plain"]["wall_ms"] for pt in points]
+        ys = [pt["steps"][mode][key] - pt["steps"]["plain"][key] for pt in points]
         c, d = fit_line(xs, ys)
         residual = [y - (c * x + d) for x, y in zip(xs, ys, strict=True)]
         out["extra"][mode] = {"ms_per_Gmnr": round(c * 1e9, 3), "ms_fixed": round(d, 2),
@@ -127,7 +129,7 @@ def print_point(pt: dict[str, Any], modes: Sequence[str]) -> None:
 
 
 def print_model(model: dict[str, Any]) -> None:
-    print(f"\ncost model: ENN ms − plain ms = c·Σmnr + d; plain ms = p·batch + q (per width); "
+    print(f"\ncost model ({model['clock']} time): ENN ms − plain ms = c·Σmnr + d; plain ms = p·batch + q (per width); "
           f"crossover = batch where overhead < {100 * model['threshold']:.0f} %")
     for mode, fit in model["extra"].items():
         print(f"  {mode}: c = {fit['ms_per_Gmnr']} ms per G(out·in·r), d = {fit['ms_fixed']} ms, "
@@ -148,6 +150,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed steps per variant and point (median)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threshold", type=float, default=0.05, help="overhead whose crossover batch is reported")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="times the model is fitted to (cpu: process CPU time, steadier on a shared machine)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
@@ -158,7 +162,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     started = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "loadavg_before": harness.load_average()}
     points = measure(args.config, widths, batches, modes, args.runs, args.warmup, args.overrides)
-    model = cost_model(points, modes, args.threshold)
+    model = cost_model(points, modes, args.threshold, args.clock)
     print_model(model)
     harness.append_result(args.out, "enn_scale", {
         **started, "config": str(args.config), "overrides": args.overrides, "threads": args.threads,
