@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -133,18 +134,24 @@ class EnnWeight(nn.Module):
         return f"shape={self.shape}, blocks={self.blocks}, ortho={self.ortho!r}"
 
 
+@functools.lru_cache(maxsize=64)
+def _probe(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    gen = torch.Generator().manual_seed(0)  # fixed and private: the global RNG stream is left alone
+    return torch.randn(size, generator=gen, dtype=dtype).to(device)
+
+
 class Fingerprint:
     """Tells whether a tensor still holds the values it had when fingerprinted, in one pass over it.
 
     Each row's dot product with a fixed random probe (one matrix-vector product, m·r multiply-adds; no QR,
     no copy of the tensor). Any write that changes a value by more than the rounding of those sums changes
-    the fingerprint, whoever wrote it; a change below it leaves the factor orthonormal to rounding anyway.
-    A different dtype, device or shape never matches.
+    the fingerprint, whoever wrote it (short of a change crafted to be orthogonal to the probe); a change
+    below that rounding leaves the factor orthonormal to rounding anyway. A different dtype, device or
+    shape never matches.
     """
 
     def __init__(self, t: Tensor) -> None:
-        gen = torch.Generator().manual_seed(0)  # fixed and private: the global RNG stream is left alone
-        self.probe = torch.randn(t.shape[-1], generator=gen, dtype=t.dtype).to(t.device)
+        self.probe = _probe(t.shape[-1], t.dtype, t.device)
         self.meta = (t.shape, t.dtype, t.device)
         self.sums = self._sums(t)
 
