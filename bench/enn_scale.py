@@ -41,7 +41,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "enn_scale.json"
 def width_overrides(cfg: dict[str, Any], k: int) -> list[str]:
     """`--set` pairs multiplying both towers' widths by k (text heads too, so each head keeps its size;
     open_clip's ViT and ModifiedResNet derive their heads from a fixed head width)."""
-    vision, text = cfg["model"]["vision_cfg"], cfg["model"]["text_cfg"]
+    if k == 1:
+        return []
+    vision, text = harness.tower_configs(cfg)
     out = [f"model.vision_cfg.width={int(vision['width']) * k}", f"model.text_cfg.width={int(text['width']) * k}"]
     if "heads" in text:
         out.append(f"model.text_cfg.heads={int(text['heads']) * k}")

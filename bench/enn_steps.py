@@ -42,9 +42,17 @@ def load_variant_config(config: Path, variant: str, extra: Sequence[str] = ()) -
     return load_config(config, [*VARIANTS[variant], *extra])
 
 
+def tower_configs(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """open_clip's vision_cfg and text_cfg as the model will be built (a `model.name`'s config + overrides)."""
+    from retrieval.model import open_clip_model_cfg
+
+    resolved = open_clip_model_cfg(cfg["model"])
+    return resolved["vision_cfg"], resolved["text_cfg"]
+
+
 def random_batch(cfg: dict[str, Any], batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and token ids of the config's shapes (the step's cost does not depend on their values)."""
-    vision, text = cfg["model"]["vision_cfg"], cfg["model"]["text_cfg"]
+    vision, text = tower_configs(cfg)
     gen = torch.Generator().manual_seed(seed)
     size = int(vision.get("image_size", 224))
     images = torch.randn(batch, 3, size, size, generator=gen)
