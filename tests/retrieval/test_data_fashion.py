@@ -234,6 +234,13 @@ def test_knowing_the_garments_without_their_places_is_not_enough(planned):
     assert where["i2t_r1"] > bag["i2t_r1"] + 30 and where["t2i_r1"] > bag["t2i_r1"] + 5, (where, bag)
 
 
+def test_the_default_size_is_the_discriminating_one_docs_data_md_names():
+    from retrieval.commands.data import build_parser
+
+    images = build_parser().parse_args(["fashion", "--out", "x"]).images
+    assert split_sizes(images) == {"train": 5000, "val": 625, "test": 625}
+
+
 def test_fashion_config_is_the_demo_config_on_other_data():
     from retrieval.config import load_config
 

@@ -39,7 +39,7 @@ def plan(n_images: int, seed: int, split_pools: dict[str, Pool]) -> list[Planned
 
 
 def generate(
-    out_dir: str | Path, n_images: int = 12000, seed: int = 0, size: int = 64,
+    out_dir: str | Path, n_images: int, seed: int = 0, size: int = 64,
     source: str | Path | None = None, workers: int = 2, overwrite: bool = False, progress: bool = True,
 ) -> Path:
     """Write the dataset to `out_dir` (atomically: built next to it, then renamed) and its ceiling.json (the
