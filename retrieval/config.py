@@ -175,6 +175,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for key in ("epochs", "batch_size", "accum_steps", "stages", "val_every_epochs"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise UserError(f"config key training.{key} must be a positive integer, got {train[key]!r}")
+    total = train["total_steps"]
+    if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 1):
+        raise UserError(f"config key training.total_steps must be a positive integer or null, got {total!r}")
     every = cfg["enn"]["penalty_every"]
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise UserError(f"config key enn.penalty_every must be a positive integer, got {every!r}")

@@ -29,6 +29,7 @@ from retrieval.train.data import build_train_data
 from retrieval.train.distributed import init_distributed, shutdown
 from retrieval.train.local_pipeline import PipelinedRunner, SequentialRunner
 from retrieval.train.local_units import build_units, local_heads
+from retrieval.train.optim import schedule_steps
 from retrieval.train.session import (
     RunSetup,
     best_summary,
@@ -75,7 +76,7 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, setup: RunSet
     train_cfg = cfg["training"]
     device = setup.env.device
     data = build_train_data(cfg, setup.towers, setup.env, setup.train_records)
-    total_steps = int(train_cfg["epochs"]) * data.steps_per_epoch
+    total_steps = schedule_steps(train_cfg, data.steps_per_epoch)
     units = build_units(cfg, setup.towers.model, device, total_steps)
     trainables = Trainables([u.optimizer for u in units], [u.scheduler for u in units],
                             extra={"local_heads": local_heads(units)})

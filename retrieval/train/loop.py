@@ -18,7 +18,7 @@ from tqdm import tqdm
 import enn
 from retrieval.train.data import build_train_data
 from retrieval.train.distributed import DistEnv, init_distributed, shutdown
-from retrieval.train.optim import build_optimizer, build_scheduler
+from retrieval.train.optim import build_optimizer, build_scheduler, schedule_steps
 from retrieval.train.session import best_summary, end_of_block, log_train, prepare_run, save_last, wall_time
 from retrieval.train.state import Progress, Trainables, restore_training_state
 from retrieval.train.step import StepResult, build_loss, train_step
@@ -79,7 +79,7 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, env: DistEnv)
     train_cfg = cfg["training"]
     model = setup.towers.model
     data = build_train_data(cfg, setup.towers, env, setup.train_records)
-    total_steps = int(train_cfg["epochs"]) * data.steps_per_epoch
+    total_steps = schedule_steps(train_cfg, data.steps_per_epoch)
     optimizer = build_optimizer(model, train_cfg)
     scheduler = build_scheduler(optimizer, train_cfg, total_steps)
     trainables = Trainables([optimizer], [scheduler])

@@ -92,10 +92,17 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def schedule_steps(train_cfg: Mapping[str, Any], steps_per_epoch: int) -> int:
+    """The run's length in optimizer steps, which its schedule spans: `training.total_steps` when set (a budget
+    in steps, e.g. the steps another variant takes in the same wall-clock time), else epochs × steps per epoch."""
+    total = train_cfg["total_steps"]
+    return int(total) if total is not None else int(train_cfg["epochs"]) * steps_per_epoch
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: Mapping[str, Any], total_steps: int) -> LambdaLR:
     """Cosine decay with linear warm-up as a `LambdaLR`, so its position is saved in `state_dict()`.
 
-    `total_steps` is the length of the whole schedule (epochs × steps per epoch); step it once per
+    `total_steps` is the length of the whole schedule (`schedule_steps`); step it once per
     optimizer step. `training.max_steps` only stops a run early and does not change the schedule, so a run
     cut short and resumed follows the same learning rates as an uninterrupted one.
     """
