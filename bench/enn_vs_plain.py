@@ -11,6 +11,7 @@ interrupted sweep can be continued.
 
     python bench/enn_vs_plain.py --seeds 0 1 2 3 4 --parallel 2 --threads 1      # the verdict, demo budget
     python bench/enn_vs_plain.py --variants enn-penalty --lambdas 1e-3 1e-1 ...    # a penalty-λ sweep
+    python bench/enn_vs_plain.py --seeds 0 1 2 3 4 --variants enn-penalty plain --plain-steps 694 ...  # equal time
 """
 
 from __future__ import annotations
@@ -49,11 +50,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (each a training process)")
     parser.add_argument("--lambdas", nargs="+", default=[], metavar="LAMBDA",
                         help="add an enn-penalty variant per penalty weight (enn.lambda), e.g. 1e-3 1e-1")
+    parser.add_argument("--plain-steps", type=int, default=None, metavar="N",
+                        help="add a plain variant that trains exactly N steps (training.total_steps), the steps that "
+                             "fit in ENN's training time: every ENN variant is also compared with it (equal wall clock)")
     args = parser.parse_args()
     for lam in args.lambdas:
         name = f"enn-penalty-lambda{lam}"
         VARIANTS[name] = [*VARIANTS["enn-penalty"], f"enn.lambda={lam}"]
         args.variants.append(name)
+    args.baselines = ["plain"]
+    if args.plain_steps:
+        name = f"plain-{args.plain_steps}steps"
+        VARIANTS[name] = [*VARIANTS["plain"], f"training.total_steps={args.plain_steps}"]
+        args.variants.append(name)
+        args.baselines.append(name)
     return args
 
 
@@ -106,8 +116,9 @@ def one_run(args: argparse.Namespace, variant: str, seed: int, env: dict[str, st
     return result
 
 
-def summarise(runs: list[dict], variants: list[str]) -> dict:
-    """Mean and (sample) standard deviation over seeds, per variant, and the difference from `plain`."""
+def summarise(runs: list[dict], variants: list[str], baselines: list[str]) -> dict:
+    """Mean and (sample) standard deviation over seeds, per variant, and each other variant's difference from
+    every plain baseline (`rsum_minus_<baseline>`: plain at equal steps, and at equal time with --plain-steps)."""
     table = {}
     for variant in variants:
         mine = [r for r in runs if r["variant"] == variant]
@@ -116,11 +127,13 @@ def summarise(runs: list[dict], variants: list[str]) -> dict:
             values = [r["test"][key] if key in METRICS else r[key] for r in mine]
             stats[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
         table[variant] = {"seeds": [r["seed"] for r in mine], **stats}
-        plain = {r["seed"]: r["test"]["rsum"] for r in runs if r["variant"] == "plain"}
-        seeds = [r["seed"] for r in mine if r["seed"] in plain]
-        if variant != "plain" and len(seeds) > 1:
-            rsum = {r["seed"]: r["test"]["rsum"] for r in mine}
-            table[variant]["rsum_minus_plain"] = difference([rsum[s] for s in seeds], [plain[s] for s in seeds])
+        rsum = {r["seed"]: r["test"]["rsum"] for r in mine}
+        for baseline in baselines if variant not in baselines else ():
+            plain = {r["seed"]: r["test"]["rsum"] for r in runs if r["variant"] == baseline}
+            seeds = [s for s in rsum if s in plain]
+            if len(seeds) > 1:
+                table[variant][f"rsum_minus_{baseline}"] = difference([rsum[s] for s in seeds],
+                                                                      [plain[s] for s in seeds])
     return table
 
 
@@ -152,9 +165,9 @@ def print_table(table: dict) -> None:
         cells.append(f"{stats['final_orthogonality_error']['mean']:.1e}")
         print(f"{variant:<28}" + "".join(f"{c:>14}" for c in cells))
     for variant, stats in table.items():
-        if "rsum_minus_plain" in stats:
-            d = stats["rsum_minus_plain"]
-            print(f"{variant} − plain: RSUM {d['mean']:+.1f}, 95 % CI paired over seeds "
+        for key in (k for k in stats if k.startswith("rsum_minus_")):
+            d = stats[key]
+            print(f"{variant} − {key.removeprefix('rsum_minus_')}: RSUM {d['mean']:+.1f}, 95 % CI paired over seeds "
                   f"[{d['paired_ci95'][0]:+.1f}, {d['paired_ci95'][1]:+.1f}] (p = {d['paired_p_value']:.2f}), "
                   f"Welch [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}] (p = {d['p_value']:.2f}): {d['verdict']}")
 
@@ -180,7 +193,7 @@ def main() -> None:
     load_start = load_average()
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         runs = list(pool.map(run, jobs))
-    table = summarise(runs, args.variants)
+    table = summarise(runs, args.variants, args.baselines)
     print_table(table)
     report = {
         "benchmark": "enn_vs_plain", "date": time.strftime("%Y-%m-%d"), "config": args.config,
