@@ -95,23 +95,14 @@ def _apply_override(cfg: dict, schema: Mapping, parts: list[str], value: Any) ->
 
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Defaults ← the YAML file ← the overrides, then validated. `path=None` gives the defaults."""
+    """Defaults ← the YAML file (after the files its `base:` chain names) ← the overrides, then validated.
+    `path=None` gives the defaults."""
     cfg = defaults()
     schema = defaults()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            loaded = _yaml(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
-        if not isinstance(loaded, Mapping):
-            raise UserError(f"{path}: a config must be a mapping of sections, got {type(loaded).__name__}")
-        _merge(cfg, loaded, schema, "")
-        written = set(loaded.get("model") or {})
-    else:
-        written = set()
+    written: set[str] = set()
+    for layer in _config_files(Path(path)) if path is not None else []:
+        _merge(cfg, layer, schema, "")
+        written |= set(layer.get("model") or {})
     for parts, value in parse_overrides(overrides):
         _apply_override(cfg, schema, parts, value)
         if parts[0] == "model":
@@ -123,6 +114,32 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> dict[
 
         check_model_section(cfg["model"])  # unknown model name or tag: fail now, before any work
     return cfg
+
+
+def _config_files(path: Path, naming: tuple[Path, ...] = ()) -> list[Mapping[str, Any]]:
+    """The mappings a config file stands for, in the order they apply: with `base: OTHER.yaml` (a path relative
+    to the file) the base's own chain first, then the file's keys, so that a variant writes only what differs.
+    Sections merge key by key; a tower config (`vision_cfg`, `text_cfg`) is one value that a later file replaces
+    whole, as it replaces the defaults'."""
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}" + (f" (the base of {naming[-1]})" if naming else ""))
+    try:
+        loaded = _yaml(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(loaded, Mapping):
+        raise UserError(f"{path}: a config must be a mapping of sections, got {type(loaded).__name__}")
+    own = {key: value for key, value in loaded.items() if key != "base"}
+    if "base" not in loaded:
+        return [own]
+    base = loaded["base"]
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{path}: base must name a config file (relative to this one), got {base!r}")
+    chain = (*naming, path)
+    parent = path.parent / base
+    if parent.resolve() in {p.resolve() for p in chain}:
+        raise UserError(f"{path}: base {base!r} leads back to {parent} (a loop)")
+    return [*_config_files(parent, chain), own]
 
 
 def _inherit_architecture(model: dict[str, Any], written: set[str]) -> None:
