@@ -6,8 +6,9 @@ setup:
 demo: setup
 	.venv/bin/retrieval demo
 
+# 2 workers (pytest-xdist), each test file on one of them: a file's module fixtures are built once.
 test: setup
-	.venv/bin/python -m pytest -m "not slow" -q
+	.venv/bin/python -m pytest -m "not slow" -q -n 2 --dist loadfile
 
 test-all: setup
 	.venv/bin/python -m pytest -q

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-# Tests run on 2 cores next to each other; keep each process to its share.
-torch.set_num_threads(2)
+# Tests run on 2 cores next to each other; keep each process to its share: both cores alone, one each under
+# pytest-xdist (`make test` runs 2 workers).
+torch.set_num_threads(max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 TINY_MODEL_OVERRIDES = [
     "model.embed_dim=32",
