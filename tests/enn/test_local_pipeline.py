@@ -70,16 +70,20 @@ def test_units_are_grouped_contiguously() -> None:
     ("head", "options"),
     [
         ("learned", {}),
-        ("mlp", {}),
-        # ~50 s each; the trainer test in tests/retrieval/test_train_local.py covers both options in the default suite
+        pytest.param("mlp", {}, marks=pytest.mark.slow),
         pytest.param("block", {"pool": "final"}, marks=pytest.mark.slow),
         pytest.param("random", {"groups": [[0, 1], [2, 3]]}, marks=pytest.mark.slow),
     ],
     ids=["learned", "mlp", "block-head-final-readout", "loss-groups"],
 )
 def test_pipelined_parameters_equal_sequential_after_the_same_batches(head: str, options: dict) -> None:
-    # Learned heads: their parameters and optimizer state must travel too (random heads are buffers
-    # rebuilt from the seed, checked in test_local_stages). Loss groups: one unit (two stages) per process.
+    """Learned heads: their parameters and optimizer state must travel too (random heads are buffers rebuilt
+    from the seed, checked in test_local_stages). Loss groups: one unit (two stages) per process.
+
+    Slow tier (10–50 s each, two stage processes): "mlp" is another learned head, travelling as "learned" does
+    here; "block-head-final-readout" and "loss-groups" are covered in the default suite by
+    tests/retrieval/test_train_local.py::test_local_options_train_and_pipeline_to_the_sequential_weights (block
+    heads, final readout, per-group losses, pipelined = sequential bit for bit, heads included)."""
     state = tiny_clip().state_dict()
     data = steps(4)
     # Sequential reference, one process, one thread (as each pipeline process).
