@@ -225,9 +225,10 @@ class MilvusIndex:
 
     @_unavailable
     def counts(self) -> dict[str, int]:
-        """Live items per modality (a count in Milvus)."""
-        return {m: int(self.client.query(self.name, filter="", output_fields=["count(*)"], partition_names=[m],
-                                         timeout=self.timeout)[0]["count(*)"]) for m in MODALITIES}
+        """Live items per modality (a count in Milvus). The modality is in the filter, not only the partition:
+        Milvus Lite's `count(*)` ignores `partition_names` and counts the whole collection."""
+        return {m: int(self.client.query(self.name, filter=f'modality == "{m}"', output_fields=["count(*)"],
+                                         partition_names=[m], timeout=self.timeout)[0]["count(*)"]) for m in MODALITIES}
 
     def save_image(self, data: bytes, suffix: str) -> str:
         """Keep uploaded image bytes under INDEX_DIR/images/; returns the item uri."""
