@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-# Tests run on 2 cores next to each other; keep each process to its share: both cores alone, one each under
-# pytest-xdist (`make test` runs 2 workers).
-torch.set_num_threads(max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+# One intra-op thread per test process (`make test` runs 2 pytest-xdist workers on the 2 cores): the tensors are
+# tiny, and a second OpenMP thread spin-waits on a busy core. At 2 threads, load 5, seven model/index/export files
+# took 254 s (159 CPU-s) instead of 41 s (31 CPU-s); docs/results.md, issue 28.
+torch.set_num_threads(1)
 
 TINY_MODEL_OVERRIDES = [
     "model.embed_dim=32",
