@@ -1,4 +1,5 @@
-"""ENN-ℓ: backprop-free local training of two-tower (image–text) models, sequential or pipelined.
+"""ENN-ℓ: local training of two-tower (image–text) models, sequential or pipelined: no gradient crosses a unit
+boundary (one unit per stage is the published, backprop-free method; a unit of several stages backprops inside it).
 
 Each tower is cut into S stages (`split_clip`); stage k of both towers (or a group of contiguous stages,
 `chain_stages`) forms a `LocalUnit` with its own contrastive loss (through a frozen random, learned or
