@@ -144,7 +144,8 @@ async def add_images(engine: Engine, form: Form) -> AddItemsResponse:
     items = []
     for k, (upload, vector) in enumerate(zip(uploads, vectors, strict=True)):
         uri = await engine.store_image(upload)
-        items.append(NewItem("image", vector, captions[k] if captions else None, uri, _with_filename(form.files[k][0], metadata[k])))
+        meta = _with_filename(form.files[k][0], metadata[k])
+        items.append(NewItem("image", vector, captions[k] if captions else None, uri, meta))
     return AddItemsResponse(ids=await engine.add(items))
 
 

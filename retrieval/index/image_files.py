@@ -40,7 +40,7 @@ class ImageFiles:
     def __init__(self, index_dir: str | Path, roots: Iterable[str] | None) -> None:
         self.folder = _real(index_dir)
         self.uploads = self.folder / IMAGES
-        self.roots = [str(root) for root in roots or ()]
+        self.roots = [_real(root) for root in roots or ()]  # resolved once, not on every request
 
     def path(self, uri: str | None) -> Path | None:
         """The resolved file to serve for an image item's uri, or None when it is not one this index may serve."""
@@ -49,7 +49,7 @@ class ImageFiles:
         if uri.startswith(f"{IMAGES}/"):
             real, allowed = _real(self.folder / uri), [self.uploads]
         elif os.path.isabs(uri):
-            real, allowed = _real(uri), [_real(root) for root in self.roots]
+            real, allowed = _real(uri), self.roots
         else:
             return None
         if not any(real.is_relative_to(root) for root in allowed):

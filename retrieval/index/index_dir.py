@@ -76,9 +76,10 @@ class IndexDir:
             for stale in remove_stale_temps(self.path) + remove_stale_temps(self.path / IMAGES):
                 log.info("removed an unfinished temp file: %s", stale)
         self.store = ItemStore(self.path / STORE, dim=self.manifest.dim, read_only=mmap)
-        self.image_files = ImageFiles(self.path, self.manifest.image_roots)
-        if self.manifest.image_roots is None:  # built before the roots were recorded: the build's own items
-            self.image_files.roots = roots_of(self.store.absolute_uris("image"))
+        roots = self.manifest.image_roots
+        if roots is None:  # built before the roots were recorded: the folders of the build's own items
+            roots = roots_of(self.store.absolute_uris("image"))
+        self.image_files = ImageFiles(self.path, roots)
         self.collections = {m: self._open(m, mmap) for m in MODALITIES}
         self._counts = {m: self.store.count(m) for m in MODALITIES}
         self.filters = MetadataFilter(self.store)
