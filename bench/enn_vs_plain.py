@@ -31,7 +31,16 @@ VARIANTS = {
     "enn-penalty": ["enn.enabled=true", "enn.ortho=penalty"],
     "enn-exact": ["enn.enabled=true", "enn.ortho=exact"],
     "plain": ["enn.enabled=false"],
+    # not run unless named in --variants: the lazy penalty (every 4th step at 4·λ; issue 30's default
+    # candidate) and ENN-ℓ on the same ENN-penalty model, one loss per stage (the paper) or per
+    # 2-process group (backprop inside each group)
+    "enn-penalty-lazy4": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=4"],
+    "local-per-stage": ["enn.enabled=true", "enn.ortho=penalty", "training.method=local",
+                        "training.local_losses=per_stage"],
+    "local-per-group": ["enn.enabled=true", "enn.ortho=penalty", "training.method=local",
+                        "training.local_losses=per_group"],
 }
+DEFAULT_VARIANTS = ["enn-penalty", "enn-exact", "plain"]
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
 
@@ -39,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/synth-small.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="budget/config override applied to every run (e.g. training.epochs=3)")
     parser.add_argument("--runs", default="runs/enn_vs_plain", help="folder for the run directories")
@@ -53,12 +62,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--plain-steps", type=int, default=None, metavar="N",
                         help="add a plain variant that trains exactly N steps (training.total_steps), the steps that "
                              "fit in ENN's training time: every ENN variant is also compared with it (equal wall clock)")
+    parser.add_argument("--vs", nargs="+", default=[], choices=list(VARIANTS), metavar="VARIANT",
+                        help="also compare every other variant with these (e.g. enn-penalty: the lazy penalty and "
+                             "ENN-ℓ against ENN with backprop)")
     args = parser.parse_args()
     for lam in args.lambdas:
         name = f"enn-penalty-lambda{lam}"
         VARIANTS[name] = [*VARIANTS["enn-penalty"], f"enn.lambda={lam}"]
         args.variants.append(name)
-    args.baselines = ["plain"]
+    args.baselines = ["plain", *args.vs]
     if args.plain_steps:
         name = f"plain-{args.plain_steps}steps"
         VARIANTS[name] = [*VARIANTS["plain"], f"training.total_steps={args.plain_steps}"]
@@ -118,7 +130,8 @@ def one_run(args: argparse.Namespace, variant: str, seed: int, env: dict[str, st
 
 def summarise(runs: list[dict], variants: list[str], baselines: list[str]) -> dict:
     """Mean and (sample) standard deviation over seeds, per variant, and each other variant's difference from
-    every plain baseline (`rsum_minus_<baseline>`: plain at equal steps, and at equal time with --plain-steps)."""
+    every baseline (`rsum_minus_<baseline>`: plain at equal steps, at equal time with --plain-steps, and the
+    --vs variants); plain variants are not compared with each other."""
     table = {}
     for variant in variants:
         mine = [r for r in runs if r["variant"] == variant]
@@ -128,7 +141,7 @@ def summarise(runs: list[dict], variants: list[str], baselines: list[str]) -> di
             stats[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
         table[variant] = {"seeds": [r["seed"] for r in mine], **stats}
         rsum = {r["seed"]: r["test"]["rsum"] for r in mine}
-        for baseline in baselines if variant not in baselines else ():
+        for baseline in (b for b in baselines if b != variant and not (variant.startswith("plain") and b.startswith("plain"))):
             plain = {r["seed"]: r["test"]["rsum"] for r in runs if r["variant"] == baseline}
             seeds = [s for s in rsum if s in plain]
             if len(seeds) > 1:
