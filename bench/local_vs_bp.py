@@ -1,10 +1,13 @@
 """ENN-ℓ (local learning, sequential and pipelined) against backprop: same model, data and cores.
 
-1. speed: preprocessed synth batches held in memory (no image decoding in the timed loop), each method
-   in a fresh process: BP (one process, --threads threads), ENN-ℓ sequential (the same), ENN-ℓ
-   pipelined (--procs processes × 1 thread), and BP with one thread. samples/s over timed steps after
-   warm-up; per process, peak RSS (VmHWM, counts shared library pages in full) and sampled peak USS
-   (private memory only). `--set` picks the ENN-ℓ variant (BP ignores the local keys).
+1. speed and e2e (bench/local_speed.py): every way to spend the cores, each in fresh processes: BP at
+   --threads and at 1 thread, BP with DDP over --procs processes × 1 thread (torchrun), ENN-ℓ
+   sequential at --threads, ENN-ℓ pipelined over --procs processes × 1 thread; `speed` on batches held
+   in memory, `e2e` through `retrieval train`. samples/s after warm-up and its ratio to BP at 1 thread,
+   BP's best and DDP; per process CPU seconds and peak memory (RSS counts shared library pages in full,
+   USS private memory only); for the pipeline where each stage's time went (work, blocked receiving,
+   blocked sending), stage balance and the feeding process's share. `--set` picks the ENN-ℓ variant
+   (BP ignores the local keys).
 2. recall: `retrieval train` for the same number of samples per variant × seed, then `retrieval eval`
    of last.pt on the test split (mean ± std over seeds), and each unit's local-head recall on it
    (`retrieval.train.local_probe`: where information is lost).
@@ -12,11 +15,13 @@ The S-device model (per-stage compute + activation transfers) is bench/local_sta
 
     python bench/local_vs_bp.py                          # both parts (hours on 2 cores)
     python bench/local_vs_bp.py --parts speed --set training.local_head=attnpool
+    python bench/local_vs_bp.py --parts speed e2e --steps 40 --warmup 5 --repeats 2   # issue 29, idle machine
     python bench/local_vs_bp.py --parts recall --variants bp local local-attnpool-heads
     python bench/local_vs_bp.py --parts recall --config configs/synth-small-vit.yaml \
         --variants local-final-readout local-block-heads      # block heads need a ViT tower
 
-Prints tables and writes bench/results/local_vs_bp.json (finished recall runs are reused on a re-run).
+Prints tables and writes bench/results/local_vs_bp.json (finished recall runs are reused on a re-run;
+e2e run directories, with each run's stdout/stderr, go to --runs/e2e).
 """
 
 from __future__ import annotations
@@ -28,17 +33,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-# method -> (config overrides, torch threads: None = --threads)
-SPEED_METHODS = {
-    "bp": (["training.method=bp"], None),
-    "bp-1thread": (["training.method=bp"], 1),
-    "local-sequential": (["training.method=local"], None),
-    "local-pipelined": (["training.method=local", "training.pipeline=true"], 1),
-}
+from local_speed import METHODS, measure
+
 # The paper's ENN-ℓ: one local loss per stage (the default is now per_group, the measured best).
 PAPER = ["training.method=local", "training.local_losses=per_stage"]
 RECALL_VARIANTS = {
@@ -74,15 +73,18 @@ METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/synth-small.yaml")
-    parser.add_argument("--parts", nargs="+", default=["speed", "recall"], choices=["speed", "recall"])
+    parser.add_argument("--parts", nargs="+", default=["speed", "recall"], choices=["speed", "e2e", "recall"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="speed/e2e: which ways of using the cores to time")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run (recall budget, e.g. training.epochs=1)")
     parser.add_argument("--threads", type=int, default=2, help="cores: BP/sequential threads")
-    parser.add_argument("--procs", type=int, default=2, help="pipelined: processes (1 thread each)")
+    parser.add_argument("--procs", type=int, default=2, help="pipelined and DDP: processes (1 thread each)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per method (speed)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per method (speed, e2e)")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="speed: rounds over the methods (interleaved, so load drift hits all alike); medians")
+                        help="speed, e2e: rounds over the methods (interleaved, so load drift hits all alike); "
+                        "medians")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=list(RECALL_VARIANTS),
                         help="recall: which variants to train if not done yet (all finished runs are summarised; "
@@ -91,143 +93,10 @@ def parse_args() -> argparse.Namespace:
                         help="seeds for the local-pipelined recall check (same parameters as sequential)")
     parser.add_argument("--runs", default="runs/local_vs_bp")
     parser.add_argument("--out", default="bench/results/local_vs_bp.json")
-    parser.add_argument("--worker", choices=["speed"], help=argparse.SUPPRESS)
-    parser.add_argument("--method", help=argparse.SUPPRESS)
-    return parser.parse_args()
-
-
-# -- worker side (a fresh process per measurement) -------------------------------------------------------
-
-def _status_kb(pid: int | str, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _private_kb(pid: int | str) -> tuple[int, int]:
-    """(USS, PSS) in kB: memory only this process holds, and its share of pages it shares with others.
-    RSS counts the ~520 MB of torch's shared-library pages in full in every process; USS does not."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        name, value = line.split()[:2]
-        fields[name.rstrip(":")] = int(value)
-    return fields["Private_Clean"] + fields["Private_Dirty"], fields["Pss"]
-
-
-class PeakSampler(threading.Thread):
-    """Polls USS/PSS of some processes every `interval` s and keeps each one's maximum: the kernel
-    records a peak only for RSS (VmHWM). Peaks shorter than the interval can be missed."""
-
-    def __init__(self, pids: dict[str, int | str], interval: float = 0.02) -> None:
-        super().__init__(daemon=True)
-        self.pids, self.interval = pids, interval
-        self.peak = {name: (0, 0) for name in pids}
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.wait(self.interval):
-            for name, pid in self.pids.items():
-                uss, pss = _private_kb(pid)
-                old = self.peak[name]
-                self.peak[name] = (max(old[0], uss), max(old[1], pss))
-
-    def finish(self) -> dict[str, dict[str, float]]:
-        self._done.set()
-        self.join()
-        return {name: {"uss_mb": u / 1024, "pss_mb": p / 1024} for name, (u, p) in self.peak.items()}
-
-
-def _setup(args: argparse.Namespace, method_overrides: list[str], threads: int):
-    """Config, towers and in-memory batches; returns also the RSS after imports (the baseline)."""
-    import torch
-
-    from retrieval.config import load_config
-    from retrieval.model import build_towers
-    from retrieval.train.data import build_train_data
-    from retrieval.train.distributed import DistEnv
-    from retrieval.train.session import seed_everything
-    from retrieval.train.step import set_temperature
-
-    torch.set_num_threads(threads)
-    baseline_kb = _status_kb("self", "VmRSS")
-    baseline_uss_kb = _private_kb("self")[0]
-    cfg = load_config(args.config, [*args.overrides, *method_overrides, "data.workers=0",
-                                    f"training.pipeline_procs={args.procs}", "training.pipeline_threads=1"])
-    seed_everything(int(cfg["training"]["seed"]))
-    towers = build_towers(cfg)
-    set_temperature(towers.model, float(cfg["training"]["init_temperature"]))
-    env = DistEnv.single()
-    data = build_train_data(cfg, towers, env)
-    batches = []
-    for micro in data.batches(0):
-        batches.append(micro)
-        if len(batches) == 4:
-            break
-    return cfg, towers, env, batches, baseline_kb, baseline_uss_kb
-
-
-def speed_worker(args: argparse.Namespace) -> dict:
-    """Time `args.method` for warm-up + timed steps; peak RSS of every process involved."""
-    from retrieval.train.local_pipeline import PipelinedRunner, SequentialRunner
-    from retrieval.train.local_units import build_units
-    from retrieval.train.optim import build_optimizer, build_scheduler
-    from retrieval.train.step import build_loss, train_step
-
-    pipelined = args.method == "local-pipelined"
-    overrides, threads = SPEED_METHODS[args.method]
-    cfg, towers, env, batches, baseline_kb, baseline_uss_kb = _setup(args, overrides, threads or args.threads)
-    model, total = towers.model, args.warmup + args.steps
-    if args.method.startswith("bp"):
-        optimizer = build_optimizer(model, cfg["training"])
-        scheduler, loss_fn = build_scheduler(optimizer, cfg["training"], total), build_loss(env)
-
-        class _Bp:
-            mode = "bp"
-            pids: list[int] = []
-
-            def submit(self, step, micro):
-                train_step(model, model, micro, loss_fn, optimizer, scheduler, cfg, env)
-
-            def wait(self, step):
-                return None
-        runner, close = _Bp(), (lambda: None)
-    else:
-        units = build_units(cfg, model, env.device, total)
-        runner = (PipelinedRunner(cfg, towers.model_cfg, units, total, env.device) if pipelined
-                  else SequentialRunner(units))
-        runner.__enter__()
-        close = lambda: runner.__exit__(None, None, None)  # noqa: E731
-    children = runner.pipe.pids if pipelined else []
-    sampler = PeakSampler({"main": "self", **{f"stage_proc_{i}": pid for i, pid in enumerate(children)}})
-    sampler.start()
-    for step in range(1, args.warmup + 1):
-        runner.submit(step, batches[step % len(batches)])
-    runner.wait(args.warmup)
-    start = time.perf_counter()
-    for step in range(args.warmup + 1, total + 1):
-        runner.submit(step, batches[step % len(batches)])
-    runner.wait(total)
-    elapsed = time.perf_counter() - start
-    private = sampler.finish()
-    rss = {"main": _status_kb("self", "VmHWM")}
-    rss.update({f"stage_proc_{i}": _status_kb(pid, "VmHWM") for i, pid in enumerate(children)})
-    close()
-    batch = int(cfg["training"]["batch_size"])
-    return {"samples_per_s": args.steps * batch / elapsed, "step_s": elapsed / args.steps,
-            "peak_rss_mb": {k: v / 1024 for k, v in rss.items()}, "baseline_rss_mb": baseline_kb / 1024,
-            "peak_private_mb": private, "baseline_uss_mb": baseline_uss_kb / 1024}
-
-
-def run_worker(args: argparse.Namespace, kind: str, method: str = "") -> dict:
-    """Run one measurement in a fresh interpreter (clean peak-RSS accounting, own thread settings)."""
-    cmd = [sys.executable, __file__, "--worker", kind, "--method", method, "--config", args.config,
-           "--threads", str(args.threads), "--procs", str(args.procs), "--warmup", str(args.warmup),
-           "--steps", str(args.steps), *[f"--set={o}" for o in args.overrides]]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{kind} {method} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    args = parser.parse_args()
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be ≥ 1 (e2e times from the record at step --warmup)")
+    return args
 
 
 def retrieval(*cli: str) -> str:
@@ -290,12 +159,6 @@ def _test_metrics(path: Path) -> dict:
     return {m: float(row[m]) for m in METRICS}
 
 
-def _median_run(runs: list[dict]) -> dict:
-    """The run with the median throughput (its memory numbers come with it), plus the spread."""
-    ordered = sorted(runs, key=lambda r: r["samples_per_s"])
-    return {**ordered[len(ordered) // 2], "samples_per_s_all": [r["samples_per_s"] for r in runs]}
-
-
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -312,7 +175,7 @@ def headline(results: dict) -> dict:
         out.update(best_variant=best, rsum_ratio_vs_bp=full[best]["rsum"][0] / recall["bp"]["rsum"][0],
                    seeds=full[best]["seeds"])
     speed = results.get("speed")
-    if speed:
+    if speed and "local-pipelined" in speed["methods"] and {"bp", "bp-1thread"} & speed["methods"].keys():
         # BP at its own best thread count on these cores (on this VM 1 thread is sometimes faster than 2)
         bp = max((speed["methods"][m] for m in ("bp", "bp-1thread") if m in speed["methods"]),
                  key=lambda r: r["samples_per_s"])
@@ -325,31 +188,14 @@ def headline(results: dict) -> dict:
 
 def main() -> None:
     args = parse_args()
-    if args.worker:
-        print(json.dumps(speed_worker(args)))
-        return
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
     results.update({"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
                     f"{len(os.sched_getaffinity(0))} cores", "config": args.config, "overrides": args.overrides,
                     "command": " ".join([Path(sys.executable).name, *sys.argv])})
-    if "speed" in args.parts:
-        load = os.getloadavg()[0]
-        rounds = [{m: run_worker(args, "speed", m) for m in SPEED_METHODS} for _ in range(args.repeats)]
-        speed = {m: _median_run([r[m] for r in rounds]) for m in SPEED_METHODS}
-        results["speed"] = {"overrides": args.overrides, "load_before": load, "load_after": os.getloadavg()[0], "threads": args.threads,
-                            "procs": args.procs, "timed_steps": args.steps, "repeats": args.repeats,
-                            "methods": speed, "rounds": rounds}
-        bp = speed["bp"]
-        print(f"\nspeed (load {load:.1f} → {os.getloadavg()[0]:.1f}; {args.steps} timed steps)")
-        print(f"{'method':18} {'samples/s':>9} {'× BP':>6}  peak RSS / peak USS (MB) per process; × BP")
-        bp_rss, bp_uss = bp["peak_rss_mb"]["main"], bp["peak_private_mb"]["main"]["uss_mb"]
-        for m, r in speed.items():
-            mem = ", ".join(f"{k} {v:.0f} ({v / bp_rss:.2f}×) / {r['peak_private_mb'][k]['uss_mb']:.0f} "
-                            f"({r['peak_private_mb'][k]['uss_mb'] / bp_uss:.2f}×)" for k, v in r["peak_rss_mb"].items())
-            print(f"{m:18} {r['samples_per_s']:9.1f} {r['samples_per_s'] / bp['samples_per_s']:6.2f}  {mem}")
-        print(f"(a process that only imported torch/open_clip/retrieval: {bp['baseline_rss_mb']:.0f} MB RSS, "
-              f"{bp['baseline_uss_mb']:.0f} MB USS)")
+    for part in ("speed", "e2e"):
+        if part in args.parts:
+            results[part] = measure(args, part)
     if "recall" in args.parts:
         for v in args.variants:
             for s in args.pipelined_seeds if v == "local-pipelined" else args.seeds:

@@ -44,3 +44,14 @@ def test_the_headline_is_the_best_variant_with_three_seeds_against_bp(bench):
     assert out["rsum_ratio_vs_bp"] == pytest.approx(0.9)
     assert out["throughput_ratio_vs_bp"] == pytest.approx(1.3) and out["uss_ratio_vs_bp"] == pytest.approx(0.5)
     assert bench.headline({"recall": {"summary": {"bp": recall["bp"]}}})["best_variant"] is None
+
+
+def test_speed_is_compared_with_bp_at_1_thread_bp_at_its_best_and_ddp(bench):
+    speed = importlib.import_module("local_speed")  # bench/local_speed.py: the speed and e2e parts
+    vs = speed.versus({"bp": 90.0, "bp-1thread": 100.0, "bp-ddp": 120.0, "local-pipelined": 190.0})
+    assert vs["local-pipelined"] == pytest.approx({"x_bp_1thread": 1.9, "x_bp_best": 1.9, "x_ddp": 190 / 120})
+    assert speed.goal(vs) == {"x_bp_1thread >= 1.8": True, "x_bp_best >= 1.0": True, "x_ddp >= 1.0": True}
+    assert speed.versus({"bp": 90.0, "local-pipelined": 100.0})["local-pipelined"] == {"x_bp_best": 100 / 90}
+    stats = speed.explained({"stages": [{"work_s": 3.0, "cpu_s": 3.0}, {"work_s": 1.0, "cpu_s": 1.0}],
+                             "feeder_cpu_s": 1.0, "feed_blocked_s": 0.5})
+    assert stats["stage_balance"] == pytest.approx(1.5) and stats["feeder_cpu_share"] == pytest.approx(0.2)

@@ -11,6 +11,14 @@ Bounded queues give back-pressure. Failure handling: a unit that raises reports 
 non-zero; the parent watches every child's exit code while it waits (polling, never blocking forever),
 and on any death or a `timeout` without progress it stops the others and raises `PipelineError`.
 Children poll their inbox too and leave when the parent dies or the run is aborted, so nothing hangs.
+
+Accounting (what explains a pipeline's speed): every stage process keeps cumulative `StageStats` (wall
+time working, blocked receiving, blocked sending; CPU time; steps) from the moment its first step arrives,
+and attaches a copy to every step report and to its final "done" report; the parent counts its own time
+blocked feeding the first process (`feed_blocked_s`). Cumulative totals rather than per-step deltas: the
+counters over any run of steps (a benchmark's timed window after warm-up) are the difference of two
+reports' totals, with no request/reply protocol and no effect on the step's path beyond a few
+`perf_counter` calls and one `process_time` call per step.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -45,16 +53,38 @@ class PipelineError(RuntimeError):
 
 
 @dataclass
+class StageStats:
+    """One stage process's cumulative accounting (seconds), counted from the arrival of its first step.
+
+    work_s: its units' train steps and snapshots; recv_s: blocked waiting for the next step (which, inside
+    a trainer, includes the parent's validation and checkpoints); send_s: blocked handing its outputs to
+    the next process (back-pressure: that one is slower); cpu_s: the process's CPU time, all its threads
+    (the queue's pickling thread too). `later - earlier` gives the counters over the steps in between.
+    """
+
+    steps: int = 0
+    work_s: float = 0.0
+    recv_s: float = 0.0
+    send_s: float = 0.0
+    cpu_s: float = 0.0
+
+    def __sub__(self, other: StageStats) -> StageStats:
+        return StageStats(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
+@dataclass
 class StepReport:
     """One finished step: merged metrics of all units, and their state when a snapshot was asked for.
 
     `state` maps unit index → {"model": that unit's share of the model state_dict, "training": its
-    optimizer/scheduler/head state}.
+    optimizer/scheduler/head state}. `stage_stats`: each stage process's counters (by rank) just after
+    it finished this step (empty from the sequential runner).
     """
 
     step: int
     metrics: dict[str, float]
     state: dict[int, dict[str, Any]] | None
+    stage_stats: list[StageStats] = field(default_factory=list)
 
 
 def group_units(units: int, procs: int) -> list[list[int]]:
@@ -112,26 +142,41 @@ def _worker(
     try:
         units = factory(unit_ids, torch.device(device))
         reports.put(("ready", rank, None, None))
+        stats, cpu_start = StageStats(), 0.0
+        waiting = time.perf_counter()
         while True:
             msg = _get(inbox, abort, parent_pid)
+            arrived = time.perf_counter()
             if msg is None:
                 return  # aborted or orphaned: the parent reports the cause
             if msg == "stop":
                 if outbox is not None:
                     _put(outbox, "stop", abort, parent_pid)
-                reports.put(("done", rank, None, None))
+                reports.put(("done", rank, None, stats))
                 break
+            if stats.steps:
+                stats.recv_s += arrived - waiting
+            else:  # the wait for the first batch is start-up, not pipeline stall
+                cpu_start = time.process_time()
             step, micro, snapshot, monitor = msg
             metrics: dict[str, float] = {}
             for unit in units:
                 micro, unit_metrics = unit.train_step(micro, monitor)
                 metrics.update(unit_metrics)
-            if outbox is not None and not _put(outbox, (step, micro, snapshot, monitor), abort, parent_pid):
-                return
+            trained = sent = time.perf_counter()
+            if outbox is not None:
+                if not _put(outbox, (step, micro, snapshot, monitor), abort, parent_pid):
+                    return
+                sent = time.perf_counter()
             state = None
             if snapshot:
                 state = {u.index: {"model": u.model_state(), "training": u.training_state()} for u in units}
-            reports.put(("step", rank, step, (metrics, state)))
+            waiting = time.perf_counter()
+            stats.work_s += (trained - arrived) + (waiting - sent)
+            stats.send_s += sent - trained
+            stats.steps += 1
+            stats.cpu_s = time.process_time() - cpu_start
+            reports.put(("step", rank, step, (metrics, state, replace(stats))))
     except BaseException:
         reports.put(("error", rank, None, traceback.format_exc()))
         raise SystemExit(1) from None
@@ -145,6 +190,8 @@ class LocalPipeline:
 
     `submit` feeds one step (a list of micro-batches for unit 0) and returns the steps finished so far;
     `wait(step)` blocks until a step has finished everywhere; `finish()` drains and stops.
+    `stage_stats` (each process's latest counters; final after `finish()`) and `feed_blocked_s` (this
+    process's time blocked in `submit` on a full first inbox) explain the pipeline's speed.
     """
 
     def __init__(
@@ -174,6 +221,8 @@ class LocalPipeline:
         self._done: set[int] = set()
         self._ready: set[int] = set()
         self._in_flight: deque[int] = deque()  # submitted steps not yet finished everywhere, in order
+        self._stats = [StageStats() for _ in self.groups]
+        self.feed_blocked_s = 0.0
 
     def __enter__(self) -> LocalPipeline:
         self.start()
@@ -186,6 +235,11 @@ class LocalPipeline:
     def pids(self) -> list[int | None]:
         """Process ids of the stage processes (for monitoring)."""
         return [p.pid for p in self._procs]
+
+    @property
+    def stage_stats(self) -> list[StageStats]:
+        """Each stage process's cumulative counters (by rank) as last reported; totals after `finish()`."""
+        return list(self._stats)
 
     def start(self) -> None:
         """Start the processes and wait until every one has built its units."""
@@ -205,6 +259,7 @@ class LocalPipeline:
         """
         item = (step, list(micro_batches), snapshot, monitor)
         deadline = time.monotonic() + self.timeout
+        feeding = time.perf_counter()
         while True:
             try:
                 self._inboxes[0].put(item, timeout=_POLL_S)
@@ -212,6 +267,7 @@ class LocalPipeline:
             except queue.Full:
                 self._drain()
                 self._check(deadline, f"accepting step {step}")
+        self.feed_blocked_s += time.perf_counter() - feeding
         self._in_flight.append(step)
         self._drain()
         return self._take()
@@ -292,19 +348,21 @@ class LocalPipeline:
             self._ready.add(rank)
         elif kind == "done":
             self._done.add(rank)
+            self._stats[rank] = payload
         else:
             self._pending.setdefault(step, {})[rank] = payload
+            self._stats[rank] = payload[2]
             while self._in_flight and len(self._pending.get(self._in_flight[0], ())) == len(self._procs):
                 step = self._in_flight.popleft()
                 parts = self._pending.pop(step)
                 metrics: dict[str, float] = {}
                 state: dict[int, dict] | None = None
                 for r in sorted(parts):
-                    part_metrics, part_state = parts[r]
+                    part_metrics, part_state, _ = parts[r]
                     metrics.update(part_metrics)
                     if part_state is not None:
                         state = {**(state or {}), **part_state}
-                self._finished.append(StepReport(step, metrics, state))
+                self._finished.append(StepReport(step, metrics, state, [parts[r][2] for r in sorted(parts)]))
 
     def _check(self, deadline: float, doing: str) -> None:
         """Raise PipelineError when a child has exited unexpectedly or nothing happened for `timeout` s."""

@@ -59,7 +59,8 @@ def train_local(cfg: dict[str, Any], out_dir: str | Path, resume: bool = False) 
     """Train with ENN-ℓ into RUN_DIR `out_dir` (resuming from its last.pt with `resume`); returns a summary.
 
     Summary keys: those of `train_bp` (step, epoch, best_step, best_rsum, val, orthogonality_error, wall_s,
-    run_dir) + mode ("sequential" | "pipeline"). Raises UserError under torchrun (ENN-ℓ starts its own
+    run_dir) + mode ("sequential" | "pipeline") + when pipelined, pipeline_stats (`PipelinedRunner.stats`:
+    where this session's time went in every process). Raises UserError under torchrun (ENN-ℓ starts its own
     processes), for towers that cannot be cut, and when a stage process fails.
     """
     env = init_distributed(str(cfg["training"]["device"]))
@@ -162,6 +163,7 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, setup: RunSet
             window_start = time.perf_counter()  # validation time is not training throughput
         finished(runner.finish())
     bar.close()
+    stats = {"pipeline_stats": runner.stats()} if isinstance(runner, PipelinedRunner) else {}
     return {
         "step": progress.step,
         "epoch": progress.epoch,
@@ -171,4 +173,5 @@ def _train(cfg: dict[str, Any], out_dir: str | Path, resume: bool, setup: RunSet
         "wall_s": wall_time(setup, progress),
         "run_dir": str(setup.run.root),
         "mode": runner.mode,
+        **stats,
     }

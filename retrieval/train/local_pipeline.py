@@ -3,14 +3,17 @@
 Both take one optimizer step per `submit(step, micro_batches, snapshot, monitor)` and hand back the
 `StepReport`s of the steps that have finished (sequential: at once; pipelined: as the last stage gets
 there). In pipelined mode the trainer's own copy of the units (model, optimizers, heads) is refreshed
-from every snapshot report, so checkpoints and validation see exactly the state after that step.
+from every snapshot report, so checkpoints and validation see exactly the state after that step, and
+`stats()` gives the stage processes' time accounting for the run's summary.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -107,11 +110,13 @@ class PipelinedRunner:
         init = {u.index: unit_state(u) for u in self.units}
         factory = functools.partial(stage_process_units, cfg, model_cfg, init, total_steps)
         self.pipe = LocalPipeline(factory, groups, devices, threads, float(timeout))
+        self._cpu_start = 0.0  # process_time() once the stage processes are up
         log.info("ENN-ℓ pipeline: %d processes (units %s) on %s, %d thread(s) each", len(groups), groups,
                  devices, threads)
 
     def __enter__(self) -> PipelinedRunner:
         self._guard(self.pipe.start)
+        self._cpu_start = time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,6 +133,15 @@ class PipelinedRunner:
     def finish(self) -> list[StepReport]:
         """Drain and stop the processes."""
         return self._apply(self._guard(self.pipe.finish))
+
+    def stats(self) -> dict[str, Any]:
+        """Per stage process (by rank) its steps, CPU seconds and wall seconds working / blocked receiving /
+        blocked sending (`enn.local.pipeline.StageStats`); this process's (the feeder's: data loading,
+        validation, checkpoints) CPU seconds since the stages started and seconds blocked feeding the first
+        one. Totals once `finish` has returned."""
+        return {"stages": [asdict(s) for s in self.pipe.stage_stats],
+                "feeder_cpu_s": time.process_time() - self._cpu_start,
+                "feed_blocked_s": self.pipe.feed_blocked_s}
 
     def _apply(self, reports: list[StepReport]) -> list[StepReport]:
         for report in reports:

@@ -118,6 +118,28 @@ def test_pipelined_parameters_equal_sequential_after_the_same_batches(head: str,
     assert not torch.equal(pipe_model["visual.class_embedding"], state["visual.class_embedding"])
 
 
+def test_each_stage_process_accounts_its_time_and_the_feeder_its_waits() -> None:
+    """Counters from the first step on: every report carries each process's running totals, the last
+    ones equal the final totals, and a window's counters are the difference of two reports'."""
+    state = tiny_clip().state_dict()
+    reports = []
+    with LocalPipeline(functools.partial(factory, state, "random"), group_units(STAGES, 2), ["cpu"] * 2) as pipe:
+        for t, micro in enumerate(steps(4), start=1):
+            reports += pipe.submit(t, micro)
+        reports += pipe.finish()
+    assert [len(r.stage_stats) for r in reports] == [2] * 4
+    assert [[s.steps for s in r.stage_stats] for r in reports] == [[t, t] for t in range(1, 5)]
+    totals = pipe.stage_stats
+    assert totals == reports[-1].stage_stats
+    for stats in totals:
+        assert stats.work_s > 0 and stats.cpu_s > 0
+        assert min(stats.recv_s, stats.send_s) >= 0
+    assert totals[1].send_s == 0  # the last process sends nothing on
+    window = totals[0] - reports[0].stage_stats[0]
+    assert window.steps == 3 and 0 < window.work_s < totals[0].work_s
+    assert pipe.feed_blocked_s >= 0
+
+
 @pytest.mark.timeout(120)
 def test_a_killed_stage_process_ends_the_run_with_a_clear_error() -> None:
     state = tiny_clip().state_dict()

@@ -133,6 +133,9 @@ def test_local_options_train_and_pipeline_to_the_sequential_weights(synth_datase
     pipelined = train_local(local_config(synth_dataset, "training.max_steps=3", "training.pipeline=true", *extra),
                             tmp_path / "pipe")
     assert (sequential["step"], pipelined["step"], pipelined["mode"]) == (3, 3, "pipeline")
+    assert "pipeline_stats" not in sequential  # the summary says where a pipelined run's time went
+    assert [s["steps"] for s in pipelined["pipeline_stats"]["stages"]] == [3, 3]
+    assert pipelined["pipeline_stats"]["feeder_cpu_s"] > 0
     payload = read_checkpoint(RunDir(tmp_path / "seq").last)
     assert len(payload["optimizer"]) == losses  # one optimizer per local loss, not per stage
     records = _train_records(RunDir(tmp_path / "seq"))
