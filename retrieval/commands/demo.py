@@ -1,8 +1,8 @@
 """`retrieval demo`: the whole pipeline on the embedded synthetic dataset, ending with a running service.
 
-synthetic dataset → train (configs/synth-small.yaml) → test-split recall table → index of the test split →
-service on 127.0.0.1 → one text and one image query over HTTP → the service keeps running (Ctrl-C stops
-it). Re-running reuses every finished step; `--fresh` starts over. Each step runs the same code as its own
+synthetic dataset → train (configs/synth-demo.yaml: ENN-ℓ in 2 processes) → test-split recall table → index of
+the test split → service on 127.0.0.1 → one text and one image query over HTTP → the service keeps running
+(Ctrl-C stops it). Re-running reuses every finished step; `--fresh` starts over. Each step runs the same code as its own
 command (`retrieval data synth`, `train`, `eval`, `index build`, `serve`).
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 from retrieval.errors import UserError
 
 STEPS = 6
-DEFAULT_CONFIG = "configs/synth-small.yaml"
+DEFAULT_CONFIG = "configs/synth-demo.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
