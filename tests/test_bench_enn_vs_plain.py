@@ -43,3 +43,20 @@ def test_enn_is_compared_with_each_baseline_over_the_seeds_both_have(bench):
     assert table["enn-penalty"]["rsum_minus_plain"]["mean"] == pytest.approx(12.0)
     assert table["enn-penalty"]["rsum_minus_plain-694steps"]["mean"] == pytest.approx(-4.5)  # seeds 0, 1
     assert not any(key.startswith("rsum_minus") for key in (*table["plain"], *table["plain-694steps"]))
+
+
+def test_vs_compares_every_other_variant_with_enn_backprop_too(bench, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["enn_vs_plain.py", "--variants", "enn-penalty", "enn-penalty-lazy4",
+                                      "local-per-stage", "plain", "--vs", "enn-penalty"])
+    args = bench.parse_args()
+    assert args.baselines == ["plain", "enn-penalty"]
+    runs = [_run("enn-penalty", s, rsum) for s, rsum in enumerate((300, 302, 307))]
+    runs += [_run("enn-penalty-lazy4", s, rsum) for s, rsum in enumerate((299, 303, 305))]
+    runs += [_run("local-per-stage", s, rsum) for s, rsum in enumerate((280, 281, 285))]
+    runs += [_run("plain", s, rsum) for s, rsum in enumerate((290, 291, 292))]
+    table = bench.summarise(runs, args.variants, args.baselines)
+    assert table["enn-penalty-lazy4"]["rsum_minus_enn-penalty"]["mean"] == pytest.approx(-2 / 3)
+    assert table["local-per-stage"]["rsum_minus_enn-penalty"]["mean"] == pytest.approx(-21.0)
+    assert table["enn-penalty"]["rsum_minus_plain"]["mean"] == pytest.approx(12.0)
+    assert "rsum_minus_enn-penalty" not in table["enn-penalty"]  # never with itself
+    assert table["plain"]["rsum_minus_enn-penalty"]["mean"] == pytest.approx(-12.0)
