@@ -117,8 +117,7 @@ def summarise(rounds: list[dict[str, Any]], variants: list[str], threads: list[i
             row = {k: statistics.median(r[k] for r in runs)
                    for k in ("loop_wall_ms", "loop_cpu_ms", "step_wall_ms", "step_cpu_ms")}
             row["outside_wall_ms"] = row["loop_wall_ms"] - row["step_wall_ms"]
-            row["spread_loop_wall"] = (max(r["loop_wall_ms"] for r in runs) / min(r["loop_wall_ms"] for r in runs) - 1
-                                       if runs else 0.0)
+            row["spread_loop_wall"] = max(r["loop_wall_ms"] for r in runs) / min(r["loop_wall_ms"] for r in runs) - 1
             rows[v] = row
         if "plain" in rows:
             for row in rows.values():

@@ -26,8 +26,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "service"))
 PAGE = ROOT / "service" / "static" / "index.html"
@@ -54,9 +52,9 @@ def example_query() -> str:
 
 def rank_of(url: str, text: str, targets: set[str], k: int) -> dict[str, Any]:
     """The 1-based rank of the first result whose file is one of `targets`, among the top k images."""
-    response = httpx.post(f"{url}/v1/search", json={"text": text, "target": "image", "k": k}, timeout=60)
-    response.raise_for_status()
-    hits = response.json()["results"]
+    from retrieval.demo import search_text
+
+    hits = search_text(url, text, "image", k)["results"]
     files = [Path(hit["uri"]).name for hit in hits]
     rank = next((i + 1 for i, name in enumerate(files) if name in targets), None)
     return {"query": text, "targets": sorted(targets), "rank": rank, "top_files": files[:5],

@@ -97,7 +97,7 @@ def test_server_errors_are_shown(browser, server, tmp_path):
     k_box.send_keys("100000")
     browser.find_element("id", "query-text").send_keys("a green triangle\n")
     error = wait_for(browser, lambda d: d.find_element("id", "error").is_displayed() and d.find_element("id", "error"),
-                  "the error box")
+                     "the error box")
     assert error.text.startswith("422") and "k" in error.text
     assert not browser.find_elements("css selector", "#results .result")
     browser.save_screenshot(str(tmp_path / "error.png"))
