@@ -31,6 +31,7 @@ from retrieval.index.image_files import roots_of
 from retrieval.index.io import fsync_dir, write_index
 from retrieval.index.manifest import IMAGES, MANIFEST, STORE, CollectionInfo, Manifest, write_manifest
 from retrieval.index.tune import TARGET_RECALL, make_probe, tune
+from retrieval.index.writer_lock import WriterLock
 from retrieval.store import MODALITIES, ItemStore, storage_full, utc_now
 
 if TYPE_CHECKING:
@@ -70,26 +71,30 @@ def build_index(
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     vectors = {"image": embedded.image_vectors, "text": embedded.text_vectors}
     kinds = {m: _kind_for(m, kind, len(vectors[m]), embedded.dim, budget) for m in MODALITIES}
-    stage = out / STAGING
+    out.mkdir(parents=True, exist_ok=True)
+    lock = WriterLock(out)  # a service writing `out`, or a second build, must not see its files swapped
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(stage, ignore_errors=True)  # what an earlier, interrupted build left
-        stage.mkdir()
-        _check_disk(stage, embedded, kinds)
-        manifest = _build(stage, embedded, vectors, kinds, params or {}, target_recall, budget, model_info, seed, progress)
-        _move_into_place(stage, out, manifest)
-    except KeyboardInterrupt:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise UserError(f"interrupted before the build finished: {out} is as it was (partial files removed)") from None
-    except (OSError, sqlite3.Error) as err:
-        shutil.rmtree(stage, ignore_errors=True)
-        if storage_full(err):
-            raise UserError(f"the disk holding {out} is full: the build stopped and {out} is as it was (partial "
-                            f"files removed); free space and run it again") from None
-        raise
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        stage = out / STAGING
+        try:
+            shutil.rmtree(stage, ignore_errors=True)  # what an earlier, interrupted build left
+            stage.mkdir()
+            _check_disk(stage, embedded, kinds)
+            manifest = _build(stage, embedded, vectors, kinds, params or {}, target_recall, budget, model_info, seed, progress)
+            _move_into_place(stage, out, manifest)
+        except KeyboardInterrupt:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise UserError(f"interrupted before the build finished: {out} is as it was (partial files removed)") from None
+        except (OSError, sqlite3.Error) as err:
+            shutil.rmtree(stage, ignore_errors=True)
+            if storage_full(err):
+                raise UserError(f"the disk holding {out} is full: the build stopped and {out} is as it was (partial "
+                                f"files removed); free space and run it again") from None
+            raise
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+    finally:
+        lock.release()
     return manifest
 
 

@@ -46,7 +46,8 @@ def evaluate_through_index(
     searched it}, "ann_vs_exact_recall_at_10": {...}, "depth": depth}."""
     if depth < RECALL_K:
         raise ValueError(f"depth must be at least {RECALL_K}, got {depth}")
-    index = IndexDir(index_dir, fingerprint=fingerprint)
+    # Read-only (a replica's view): evaluating writes nothing, and works beside the service that writes the folder.
+    index = IndexDir(index_dir, mmap=True, fingerprint=fingerprint)
     try:
         image_of_item, caption_image = _ground_truth(index, eval_set)
         split_ids = {"image": _ids(image_of_item), "text": _ids(caption_image)}
@@ -69,7 +70,7 @@ def evaluate_through_index(
             for m, queries in (("image", text_emb), ("text", image_emb))
         }
     finally:
-        index.store.close()
+        index.close()
     return {"rows": {f"index ({kinds})": rows["ann"], "index exact": rows["exact"]}, "search": search,
             "ann_vs_exact_recall_at_10": overlap, "depth": depth}
 

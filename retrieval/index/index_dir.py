@@ -36,6 +36,7 @@ from retrieval.index.ondisk import (
     remove_unreferenced,
     write_generation,
 )
+from retrieval.index.writer_lock import WriterLock
 from retrieval.store import MODALITIES, Item, ItemStore, NewItem, utc_now
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,25 @@ class IndexDir:
         self._snapshot_lock = threading.Lock()
         self._writes = threading.Lock()  # store commit + index update in commit order (ondisk watermarks rely on it)
         self._dirty = False
-        if not mmap:  # a replica never writes: a `.tmp` file may be the primary's write in progress
-            for stale in remove_stale_temps(self.path) + remove_stale_temps(self.path / IMAGES):
-                log.info("removed an unfinished temp file: %s", stale)
-        self.store = ItemStore(self.path / STORE, dim=self.manifest.dim, read_only=mmap)
-        roots = self.manifest.image_roots
-        if roots is None:  # built before the roots were recorded: the folders of the build's own items
-            roots = roots_of(self.store.absolute_uris("image"))
-        self.image_files = ImageFiles(self.path, roots)
-        self.collections = {m: self._open(m, mmap) for m in MODALITIES}
-        self._counts = {m: self.store.count(m) for m in MODALITIES}
-        self.filters = MetadataFilter(self.store)
+        # A replica never writes (and a `.tmp` file may be the primary's write in progress); the writer holds
+        # the folder's lock before it deletes temp files, so they cannot be another live writer's.
+        self._writer_lock = None if mmap else WriterLock(self.path)
+        try:
+            if not mmap:
+                for stale in remove_stale_temps(self.path) + remove_stale_temps(self.path / IMAGES):
+                    log.info("removed an unfinished temp file: %s", stale)
+            self.store = ItemStore(self.path / STORE, dim=self.manifest.dim, read_only=mmap)
+            roots = self.manifest.image_roots
+            if roots is None:  # built before the roots were recorded: the folders of the build's own items
+                roots = roots_of(self.store.absolute_uris("image"))
+            self.image_files = ImageFiles(self.path, roots)
+            self.collections = {m: self._open(m, mmap) for m in MODALITIES}
+            self._counts = {m: self.store.count(m) for m in MODALITIES}
+            self.filters = MetadataFilter(self.store)
+        except BaseException:
+            if self._writer_lock is not None:
+                self._writer_lock.release()
+            raise
 
     @property
     def dim(self) -> int:
@@ -368,3 +377,5 @@ class IndexDir:
             log.warning("final index snapshot not written (%s); the next start rebuilds it from the store", err)
         finally:
             self.store.close()
+            if self._writer_lock is not None:
+                self._writer_lock.release()

@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 
 from retrieval.embed import Embedded, ImageEntry, TextEntry
+from retrieval.index import IndexDir
 
 # The tests share two cores with other work; FAISS's OpenMP threads spin-wait on busy cores and make
 # k-means training ~10× slower than one thread does.
@@ -38,3 +39,8 @@ def make_embedded(folder: Path, n_images: int, n_texts: int, dim: int = 32, seed
         image_vectors=images,
         text_vectors=texts,
     )
+
+
+def crash(index: IndexDir) -> None:
+    """What a kill -9 leaves of a writer: no snapshot, no store close; only the kernel's drop of its lock."""
+    index._writer_lock.release()

@@ -132,7 +132,7 @@ def test_the_index_row_is_what_the_service_answers_not_exact_search(tmp_path, ki
         rows = [[by_uri[h.item.uri] for h in found] for found in hits]
         params = served.collections["image"].search_params
     finally:
-        served.store.close()
+        served.close()
     for k in (1, 5, 10):
         expected = 100 * np.mean([owner in r[:k] for owner, r in zip(eval_set.text_to_image, rows, strict=True)])
         assert abs(ann[f"t2i_r{k}"] - expected) <= 100 / len(texts) + 1e-9, k  # at most one equal-score swap

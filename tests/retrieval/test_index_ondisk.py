@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_testing import make_embedded, unit_rows
+from index_testing import crash, make_embedded, unit_rows
 
 from retrieval.embed import Embedded
 from retrieval.errors import UserError
 from retrieval.index import IndexDir, build_index, choose_kind
 from retrieval.index.budget import parse_bytes
+from retrieval.index.manifest import read_manifest
 from retrieval.index.tune import exact_search
 from retrieval.store import NewItem
 
@@ -37,7 +38,7 @@ def _top(index: IndexDir, query: np.ndarray, k: int = 10) -> list[int]:
 
 
 def test_recall_on_held_out_queries_and_files(folder, embedded):
-    manifest = IndexDir(folder).manifest
+    manifest = read_manifest(folder)
     info = manifest.collections["image"]
     assert info.kind == "ondisk" and info.factory.startswith("IVF") and info.factory.endswith("SQ8")
     assert info.max_id == N + 400 and info.build_stats["add_vectors_per_s"] > 0
@@ -60,7 +61,7 @@ def test_adds_and_deletes_survive_a_crash_and_compaction(folder, embedded):
         index.delete(item_id)
     assert _top(index, new, 1) == [new_id]
     assert not set(gone) & set(_top(index, query, 10)) and len(_top(index, query, 10)) == 10
-    # No close(): a kill -9. The store has every acknowledged change; the base file was never touched.
+    crash(index)  # the store has every acknowledged change; the base file was never touched
     reopened = IndexDir(folder)
     image = reopened.collections["image"]
     assert image.delta.ntotal == 1 and image.tombstones == set(gone)
@@ -71,6 +72,7 @@ def test_adds_and_deletes_survive_a_crash_and_compaction(folder, embedded):
     assert not (folder / "image.g1.ivfdata").exists()
     (after_id,) = reopened.add([NewItem("image", -embedded.image_vectors[1], "after compaction")])
     reopened.delete(new_id)
+    crash(reopened)
     again = IndexDir(folder)
     assert again.collections["image"].index.ntotal == N - 2
     assert again.collections["image"].tombstones == {new_id} and _top(again, -embedded.image_vectors[1], 1) == [after_id]
@@ -83,6 +85,7 @@ def test_a_crashed_compaction_leaves_the_old_generation(folder):
     (folder / "image.g2.faiss").write_bytes(b"partial")
     (folder / "image.g2.ivfdata").write_bytes(b"partial")
     index.add([NewItem("image", unit_rows(1, 32, 5)[0], "x")])
+    crash(index)
     reopened = IndexDir(folder)
     assert reopened.collections["image"].file == "image.g1.faiss" and not (folder / "image.g2.faiss").exists()
     assert reopened.compact("image")["file"] == "image.g2.faiss"
@@ -172,5 +175,6 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_index(small_disk, tmp_path):
     assert "\n" not in str(err.value)
     assert _top(IndexDir(small_disk / "idx"), small.image_vectors[4], 1) == [5]
     assert sorted(os.listdir(small_disk / "idx")) == sorted(
-        ["image.g1.faiss", "image.g1.ivfdata", "image.trained.faiss", "items.sqlite", "manifest.json", "text.faiss"]
+        [".writer.lock", "image.g1.faiss", "image.g1.ivfdata", "image.trained.faiss", "items.sqlite", "manifest.json",
+         "text.faiss"]
         + [n for n in os.listdir(small_disk / "idx") if n.startswith("items.sqlite-")])

@@ -54,10 +54,10 @@ def test_web_page_route_serves_the_page_or_says_it_is_missing(client):
         assert response.status_code == 404 and "not installed" in response.json()["detail"]
 
 
-def test_requests_over_the_inflight_limit_are_shed_with_retry_after(module_index, checkpoint):
+def test_requests_over_the_inflight_limit_are_shed_with_retry_after(index_dir, checkpoint):
     """One request holds the only slot while its body streams in; the next is refused at once, probes still
-    answer, and the slot is free again afterwards."""
-    with LiveServer(create_app(make_settings(module_index, checkpoint, max_inflight=1))) as live:
+    answer, and the slot is free again afterwards (its own index copy: the module's client writes the other)."""
+    with LiveServer(create_app(make_settings(index_dir, checkpoint, max_inflight=1))) as live:
         started = threading.Event()
 
         def slow_body():

@@ -271,16 +271,17 @@ LEGACY = ['{"mark": NaN, "tag": "legacy"}', '{"mark": Infinity, "tag": "legacy"}
           '{"\\ud800": "x", "tag": "legacy\\udc00"}', '{"mark": 9007199254740993}']
 
 
-def test_values_older_versions_stored_never_make_a_search_or_listing_fail(module_index, checkpoint, app_client):
-    """Rows written as an older version could (raw SQL, as its store did): filters treat their bad numbers as
-    matching nothing, and every route that returns them answers."""
-    before = _total(app_client)
-    added = app_client.post("/v1/items", json={"texts": [f"legacy {n}" for n in range(len(LEGACY))]}, headers=AUTH)
-    ids = added.json()["ids"]
-    with sqlite3.connect(module_index / "items.sqlite") as db:
+def test_values_older_versions_stored_never_make_a_search_or_listing_fail(index_dir, checkpoint):
+    """Rows written as an older version could (raw SQL, as its store did, while no service held the folder):
+    filters treat their bad numbers as matching nothing, and every route that returns them answers."""
+    with TestClient(create_app(make_settings(index_dir, checkpoint))) as writer:
+        before = _total(writer)
+        added = writer.post("/v1/items", json={"texts": [f"legacy {n}" for n in range(len(LEGACY))]}, headers=AUTH)
+        ids = added.json()["ids"]
+    with sqlite3.connect(index_dir / "items.sqlite") as db:
         db.executemany("UPDATE items SET metadata = ? WHERE id = ?", list(zip(LEGACY, ids, strict=True)))
     # A fresh app reads the store again (no cached filter columns).
-    with TestClient(create_app(make_settings(module_index, checkpoint)), raise_server_exceptions=False) as fresh:
+    with TestClient(create_app(make_settings(index_dir, checkpoint)), raise_server_exceptions=False) as fresh:
         _healthy(fresh)
         for item_id in ids:
             assert fresh.get(f"/v1/items/{item_id}").status_code == 200
