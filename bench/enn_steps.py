@@ -29,8 +29,8 @@ DEMO_CONFIG = ROOT / "configs" / "synth-small.yaml"
 # The variants every ENN step bench compares, as `--set` overrides of the demo config.
 VARIANTS: dict[str, list[str]] = {
     "plain": ["enn.enabled=false"],
-    "penalty": ["enn.ortho=penalty"],
-    "penalty_noterm": ["enn.ortho=penalty", "enn.lambda=0"],  # the parametrisation without the penalty term
+    "penalty": ["enn.ortho=penalty", "enn.penalty_every=1"],  # as published: every step
+    "penalty_noterm": ["enn.ortho=penalty", "enn.penalty_every=1", "enn.lambda=0"],  # the parametrisation without the penalty term
     "exact": ["enn.ortho=exact"],
 }
 

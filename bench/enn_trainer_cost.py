@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "plain": ["enn.enabled=false"],
-    "enn-penalty": ["enn.enabled=true", "enn.ortho=penalty"],
+    "enn-penalty": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=1"],  # as published
     "enn-penalty-lazy4": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=4"],
     "enn-exact": ["enn.enabled=true", "enn.ortho=exact"],
 }

@@ -66,6 +66,8 @@ RECALL_VARIANTS = {
     # issue 12 §2: backprop with the lazy orthogonality penalty (every 4th step at 4·λ), against `bp`
     "bp-lazy-penalty4": ["training.method=bp", "enn.penalty_every=4"],
 }
+# Every variant as recorded (the penalty every step, as published) unless it names its own penalty_every.
+RECALL_VARIANTS = {name: ["enn.penalty_every=1", *sets] for name, sets in RECALL_VARIANTS.items()}
 DEFAULT_VARIANTS = ["bp", "local", "local-per-group-2-procs", "local-learned-heads", "local-mlp-heads", "local-2-stages", "local-pipelined"]
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "open_clip": None,
     "plain": ["enn.enabled=false"],
-    "enn-penalty": ["enn.enabled=true", "enn.ortho=penalty"],
+    "enn-penalty": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=1"],  # as published
     "enn-exact": ["enn.enabled=true", "enn.ortho=exact"],
     "enn-penalty-lazy4": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=4"],
 }

@@ -198,9 +198,6 @@ def validate(cfg: Mapping[str, Any]) -> None:
     every = cfg["enn"]["penalty_every"]
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise UserError(f"config key enn.penalty_every must be a positive integer, got {every!r}")
-    if every != 1 and train["method"] == "local":
-        raise UserError("enn.penalty_every is for training.method=bp: ENN-ℓ stages compute the penalty every step "
-                        "(set enn.penalty_every=1)")
     if train["batch_size"] % train["accum_steps"]:
         raise UserError("training.batch_size must be divisible by training.accum_steps")
     if train["loss"] == "siglip" and train["method"] == "local":

@@ -47,6 +47,7 @@ class LocalUnit(nn.Module):
         head: LocalHead | None = None,
         logit_scale: nn.Parameter | None = None,
         ortho_weight: float = 0.0,
+        penalty_every: int = 1,
         grad_clip: float | None = None,
         max_logit_scale: float = 100.0,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -65,6 +66,11 @@ class LocalUnit(nn.Module):
         self.head = head if not image.is_last else None
         self._loss_fn = (loss_fn,)  # a tuple: the loss is not part of this module's state
         self.ortho_weight, self.grad_clip, self.max_logit_scale = ortho_weight, grad_clip, max_logit_scale
+        if penalty_every < 1:
+            raise ValueError(f"penalty_every must be a positive integer, got {penalty_every}")
+        self.penalty_every = penalty_every
+        self.steps_taken = 0  # decides which steps carry the lazy penalty; kept in the training state
+        self._last_penalty = 0.0
         self.autocast = autocast
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
@@ -134,10 +140,15 @@ class LocalUnit(nn.Module):
                 (loss / n).backward()
             contrastive += float(loss.detach()) / n
             outputs.append((image.detach(), text.detach(), micro[2]))
-        # The penalty does not depend on the data: once per step, not per micro-batch.
-        penalty = orthogonality_loss(self.image) + orthogonality_loss(self.text)
-        if self.ortho_weight and penalty.requires_grad:
-            (self.ortho_weight * penalty).backward()
+        # The penalty does not depend on the data: once per step, not per micro-batch, and lazily (every
+        # `penalty_every`-th step at that many times the weight, as the backprop trainer's enn.penalty_every).
+        if self.steps_taken % self.penalty_every == 0:
+            with contextlib.nullcontext() if self.ortho_weight else torch.no_grad():
+                penalty = orthogonality_loss(self.image) + orthogonality_loss(self.text)
+            if self.ortho_weight and penalty.requires_grad:
+                (self.ortho_weight * self.penalty_every * penalty).backward()
+            self._last_penalty = float(penalty.detach())
+        self.steps_taken += 1
         params = [p for p in self.parameters() if p.grad is not None]
         if self.grad_clip:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
@@ -154,7 +165,7 @@ class LocalUnit(nn.Module):
         k = self.index
         metrics = {
             f"stage{k}_contrastive": contrastive,
-            f"stage{k}_penalty": float(penalty.detach()),
+            f"stage{k}_penalty": self._last_penalty,  # as last computed (at most penalty_every - 1 steps old)
             f"stage{k}_grad_norm": grad_norm,
             f"stage{k}_logit_scale": float(scale.detach().exp()),
             "lr": lr,
@@ -169,6 +180,7 @@ class LocalUnit(nn.Module):
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "head": self.head.state_dict() if self.head is not None else None,
+            "steps_taken": self.steps_taken,
         })
 
     def load_training_state(self, state: dict[str, Any]) -> None:
@@ -179,6 +191,7 @@ class LocalUnit(nn.Module):
             self.scheduler.load_state_dict(state["scheduler"])
         if state["head"] is not None:
             self.head.load_state_dict(state["head"])
+        self.steps_taken = state.get("steps_taken", 0)  # absent in runs saved before the lazy penalty
 
     def model_state(self) -> dict[str, Tensor]:
         """This unit's share of the model state_dict (CPU copies), keyed as in the whole model."""
@@ -263,7 +276,7 @@ def make_units(
     readout ("mean" | "final", see `enn.local.stages`).
 
     Heads are seeded by (`seed`, unit index), so every process builds the same ones. `unit_kwargs` go
-    to `LocalUnit` (ortho_weight, grad_clip, max_logit_scale, autocast). Attach optimizers afterwards.
+    to `LocalUnit` (ortho_weight, penalty_every, grad_clip, max_logit_scale, autocast). Attach optimizers afterwards.
     """
     image, text = split_clip(model, stages, pool)
     if groups is not None:

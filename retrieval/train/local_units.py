@@ -79,6 +79,7 @@ def build_units(
             pool=str(train["local_pool"]),
             groups=loss_groups(train),
             ortho_weight=penalty_weight(cfg["enn"]),
+            penalty_every=int(cfg["enn"]["penalty_every"]),
             grad_clip=float(train["grad_clip"]) if train["grad_clip"] else None,
             max_logit_scale=float(train["max_logit_scale"]),
             autocast=functools.partial(autocast, device, str(train["precision"])),

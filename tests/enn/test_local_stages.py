@@ -13,7 +13,15 @@ from open_clip.loss import ClipLoss
 from torch.nn.utils import parametrize
 
 import enn
-from enn.local import chain_stages, final_embeddings, make_units, run_units, split_clip, staged_forward
+from enn.local import (
+    LocalUnit,
+    chain_stages,
+    final_embeddings,
+    make_units,
+    run_units,
+    split_clip,
+    staged_forward,
+)
 
 TINY_VIT = {
     "embed_dim": 32,
@@ -307,3 +315,36 @@ def test_cross_targets_are_this_steps_final_embeddings_and_leave_buffers_alone()
         metrics = run_units(units, [(images, tokens, tokens)], cross_targets=True)
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert [name for name, p in model.named_parameters() if torch.equal(before[name], p)] == []
+
+
+def _unit_after_steps(ortho_weight: float, penalty_every: int, steps: int) -> tuple[LocalUnit, list[dict]]:
+    """Unit 0 of the tiny ViT, its Q factors pushed off orthonormality (so the penalty has a gradient), after
+    `steps` plain-SGD steps on the same micro-batch; returns it and each step's metrics."""
+    model = tiny_clip()
+    with torch.no_grad():
+        for _, weight in enn.enn_weights(model):
+            weight.Q.mul_(1.2)
+    unit = make_units(model, 2, ClipLoss(), only=[0], ortho_weight=ortho_weight, penalty_every=penalty_every)[0]
+    unit.attach(torch.optim.SGD(unit.parameters(), lr=0.5), None)
+    images, tokens = batch(n=4)
+    return unit, [unit.train_step([(images, tokens, tokens)])[1] for _ in range(steps)]
+
+
+def _state_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max(float((a.state_dict()[k] - v).abs().max()) for k, v in b.state_dict().items())
+
+
+def test_a_lazy_local_penalty_is_k_times_stronger_on_due_steps_and_absent_between() -> None:
+    lazy, metrics = _unit_after_steps(0.1, 3, 2)  # step 0 due (weight 3 × 0.1), step 1 skipped
+    by_hand, _ = _unit_after_steps(0.3, 1, 1)
+    by_hand.ortho_weight = 0.0  # step 1: the contrastive gradient only
+    images, tokens = batch(n=4)
+    by_hand.train_step([(images, tokens, tokens)])
+    never, _ = _unit_after_steps(0.0, 1, 2)
+    assert _state_gap(lazy, by_hand) < 1e-6
+    assert _state_gap(lazy, never) > 1e-4  # the due step's penalty did move the factors
+    assert metrics[1]["stage0_penalty"] == metrics[0]["stage0_penalty"] > 0  # skipped: the last value computed
+    resumed = make_units(tiny_clip(), 2, ClipLoss(), only=[0], penalty_every=3)[0]
+    resumed.attach(torch.optim.SGD(resumed.parameters(), lr=0.5), None)
+    resumed.load_training_state(lazy.training_state())
+    assert resumed.steps_taken == lazy.steps_taken == 2  # a resumed run keeps the penalty on the same steps
