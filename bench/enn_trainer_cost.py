@@ -37,6 +37,9 @@ VARIANTS = {
     "enn-penalty": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=1"],  # as published
     "enn-penalty-lazy4": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=4"],
     "enn-exact": ["enn.enabled=true", "enn.ortho=exact"],
+    # issue 30: the lazy penalty with the image tower's attention pool left plain (the largest ENN layers)
+    "enn-lazy4-plain-pool": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=4",
+                             "enn.exclude=[visual.attnpool]"],
 }
 
 

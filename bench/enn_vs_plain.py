@@ -35,6 +35,8 @@ VARIANTS = {
     # candidate) and ENN-ℓ on the same ENN-penalty model, one loss per stage (the paper) or per
     # 2-process group (backprop inside each group)
     "enn-penalty-lazy4": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=4"],
+    "enn-lazy4-plain-pool": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=4",
+                             "enn.exclude=[visual.attnpool]"],
     "local-per-stage": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=1", "training.method=local",
                         "training.local_losses=per_stage"],
     "local-per-group": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=1", "training.method=local",
