@@ -63,6 +63,18 @@ def orthogonality_loss(module: nn.Module) -> Tensor:
 
 
 @torch.no_grad()
+def lazy_penalty_weight(lam: float, every: int, step: int) -> float:
+    """The penalty's weight at optimizer step `step` (0-based: the backprop trainer's global step, or an ENN-ℓ
+    unit's own count): k·λ on every k-th step, 0 between.
+
+    Lazy regularisation, as StyleGAN2 evaluates its R1 term once per 16 minibatches scaled by 16: the
+    penalty keeps Q and P near the Stiefel manifold, a slow drift that a k-times-stronger pull every k steps
+    holds as well, while its cost (two n·r² products per factor, ~10 % of an ENN step on the demo model) falls
+    k-fold.
+    """
+    return lam * every if lam and step % every == 0 else 0.0
+
+
 def orthogonality_error(module: nn.Module) -> float:
     """max over ENN weights (and blocks) of max(‖QᵀQ−I‖_F, ‖PᵀP−I‖_F), for monitoring; 0.0 when none."""
     worst = 0.0

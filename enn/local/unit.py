@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from enn.local.heads import LocalHead, attention_readout, next_layer_readout
 from enn.local.stages import TowerStage, VitStage, chain_stages, split_clip
-from enn.orthogonality import orthogonality_error, orthogonality_loss
+from enn.orthogonality import lazy_penalty_weight, orthogonality_error, orthogonality_loss
 
 # (image input, text input, token ids) of one micro-batch; stage 0 gets (pixels, ids, ids).
 Micro = tuple[Tensor, Tensor, Tensor]
@@ -142,11 +142,12 @@ class LocalUnit(nn.Module):
             outputs.append((image.detach(), text.detach(), micro[2]))
         # The penalty does not depend on the data: once per step, not per micro-batch, and lazily (every
         # `penalty_every`-th step at that many times the weight, as the backprop trainer's enn.penalty_every).
-        if self.steps_taken % self.penalty_every == 0:
-            with contextlib.nullcontext() if self.ortho_weight else torch.no_grad():
+        if self.steps_taken % self.penalty_every == 0:  # a due step: computed (and logged) even at weight 0
+            weight = lazy_penalty_weight(self.ortho_weight, self.penalty_every, self.steps_taken)
+            with torch.set_grad_enabled(weight > 0):
                 penalty = orthogonality_loss(self.image) + orthogonality_loss(self.text)
-            if self.ortho_weight and penalty.requires_grad:
-                (self.ortho_weight * self.penalty_every * penalty).backward()
+            if weight and penalty.requires_grad:
+                (weight * penalty).backward()
             self._last_penalty = float(penalty.detach())
         self.steps_taken += 1
         params = [p for p in self.parameters() if p.grad is not None]

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import enn
+from enn.orthogonality import lazy_penalty_weight
 from retrieval.device import autocast
 from retrieval.errors import UserError
 from retrieval.losses import check_loss
@@ -53,16 +54,6 @@ def penalty_weight(enn_cfg: Mapping[str, Any]) -> float:
     if enn_cfg["enabled"] and enn_cfg["ortho"] == "penalty":
         return float(enn_cfg["lambda"])
     return 0.0
-
-
-def lazy_penalty_weight(lam: float, every: int, step: int) -> float:
-    """The penalty's weight at optimizer step `step` (0-based): k·λ on every k-th step, 0 between.
-
-    Lazy regularisation, as StyleGAN2 evaluates its R1 term once per 16 minibatches scaled by 16: the
-    penalty keeps Q and P near the Stiefel manifold, a slow drift that a k-times-stronger pull every k steps
-    holds as well, while its cost (two n·r² products per factor, ~10 % of an ENN step here) falls k-fold.
-    """
-    return lam * every if lam and step % every == 0 else 0.0
 
 
 def set_temperature(model: nn.Module, temperature: float) -> None:
