@@ -72,8 +72,7 @@ def build_index(
     vectors = {"image": embedded.image_vectors, "text": embedded.text_vectors}
     kinds = {m: _kind_for(m, kind, len(vectors[m]), embedded.dim, budget) for m in MODALITIES}
     out.mkdir(parents=True, exist_ok=True)
-    lock = WriterLock(out)  # a service writing `out`, or a second build, must not see its files swapped
-    try:
+    with WriterLock(out):  # a service writing `out`, or a second build, must not see its files swapped
         stage = out / STAGING
         try:
             shutil.rmtree(stage, ignore_errors=True)  # what an earlier, interrupted build left
@@ -93,8 +92,6 @@ def build_index(
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
-    finally:
-        lock.release()
     return manifest
 
 

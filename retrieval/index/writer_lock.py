@@ -20,7 +20,7 @@ LOCK_FILE = ".writer.lock"
 
 
 class WriterLock:
-    """The held lock; `release()` (or process exit) frees it."""
+    """The held lock; `release()`, leaving a `with` block, or process exit frees it."""
 
     def __init__(self, folder: str | Path) -> None:
         self.path = Path(folder) / LOCK_FILE
@@ -39,6 +39,12 @@ class WriterLock:
         handle.write(str(os.getpid()).encode())
         handle.flush()
         self._handle: BinaryIO | None = handle  # an abandoned writer's handle closes (and unlocks) when collected
+
+    def __enter__(self) -> WriterLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def release(self) -> None:
         if self._handle is not None:
