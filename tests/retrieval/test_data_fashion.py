@@ -238,7 +238,7 @@ def test_the_default_size_is_the_discriminating_one_docs_data_md_names():
     from retrieval.commands.data import build_parser
 
     images = build_parser().parse_args(["fashion", "--out", "x"]).images
-    assert split_sizes(images) == {"train": 5000, "val": 625, "test": 625}
+    assert split_sizes(images) == {"train": 10500, "val": 1000, "test": 1000}
 
 
 def test_fashion_config_is_the_demo_config_on_other_data():
