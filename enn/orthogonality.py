@@ -62,7 +62,6 @@ def orthogonality_loss(module: nn.Module) -> Tensor:
     return torch.zeros((), device=param.device if param is not None else None)
 
 
-@torch.no_grad()
 def lazy_penalty_weight(lam: float, every: int, step: int) -> float:
     """The penalty's weight at optimizer step `step` (0-based: the backprop trainer's global step, or an ENN-ℓ
     unit's own count): k·λ on every k-th step, 0 between.
@@ -75,6 +74,7 @@ def lazy_penalty_weight(lam: float, every: int, step: int) -> float:
     return lam * every if lam and step % every == 0 else 0.0
 
 
+@torch.no_grad()
 def orthogonality_error(module: nn.Module) -> float:
     """max over ENN weights (and blocks) of max(‖QᵀQ−I‖_F, ‖PᵀP−I‖_F), for monitoring; 0.0 when none."""
     worst = 0.0

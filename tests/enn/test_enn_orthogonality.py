@@ -27,6 +27,21 @@ def test_penalty_is_zero_at_init_and_positive_after_perturbation() -> None:
     assert enn.orthogonality_error(model) > 1e-2
 
 
+def test_the_error_monitor_records_no_autograd_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer calls it every log step on trainable factors: a float64 Gram with a graph would be pure waste."""
+    import enn.orthogonality as orthogonality
+
+    seen, deviation = [], orthogonality._gram_deviation
+
+    def recording(a: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.is_grad_enabled())
+        return deviation(a)
+
+    monkeypatch.setattr(orthogonality, "_gram_deviation", recording)
+    enn.orthogonality_error(_model("penalty"))
+    assert seen and not any(seen)
+
+
 def test_penalty_leaves_out_frozen_weights() -> None:
     """A locked tower's factors get no gradient: their term is a constant, so it is not computed at all."""
     model = _model("penalty")

@@ -9,11 +9,12 @@ import torch
 from train_testing import max_weight_difference
 
 import enn
+from enn.orthogonality import lazy_penalty_weight
 from retrieval.config import load_config
 from retrieval.errors import UserError
 from retrieval.model import build_towers
 from retrieval.train.distributed import DistEnv
-from retrieval.train.step import build_loss, lazy_penalty_weight, train_step
+from retrieval.train.step import build_loss, train_step
 
 ENV = DistEnv.single()
 
