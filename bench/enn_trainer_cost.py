@@ -9,7 +9,7 @@ that grows with ENN would be trainer-side ENN work (the orthogonality monitor at
 Variants and thread counts are interleaved over `--repeats`, the load average is recorded around every
 run, and the medians over repeats are compared with plain's from the same invocation.
 
-    .venv/bin/python bench/enn_trainer_cost.py                       # plain, ENN-penalty, lazy, exact at 1 and 2 threads
+    .venv/bin/python bench/enn_trainer_cost.py                       # plain, ENN-penalty, lazy, exact, lazy + plain pool; 1 and 2 threads
     .venv/bin/python bench/enn_trainer_cost.py --threads 1 --set training.channels_last=false
 
 Prints a table and writes bench/results/enn_trainer_cost.json (--out to change).
@@ -31,16 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from enn_vs_plain import VARIANTS as ENN_VS_PLAIN_VARIANTS
+
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = {
-    "plain": ["enn.enabled=false"],
-    "enn-penalty": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=1"],  # as published
-    "enn-penalty-lazy4": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=4"],
-    "enn-exact": ["enn.enabled=true", "enn.ortho=exact"],
-    # issue 30: the lazy penalty with the image tower's attention pool left plain (the largest ENN layers)
-    "enn-lazy4-plain-pool": ["enn.enabled=true", "enn.ortho=penalty", "enn.penalty_every=4",
-                             "enn.exclude=[visual.attnpool]"],
-}
+# The same named variants as the recall bench (one definition of what each name sets): the attention-pool one is
+# issue 30's lazy penalty with the image tower's largest ENN layers left plain.
+VARIANTS = {name: ENN_VS_PLAIN_VARIANTS[name]
+            for name in ("plain", "enn-penalty", "enn-penalty-lazy4", "enn-exact", "enn-lazy4-plain-pool")}
 
 
 def parse_args() -> argparse.Namespace:
